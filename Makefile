@@ -1,0 +1,39 @@
+# The README's two commands: `make quickstart` and `make test`.
+# Both create .venv on first use; TORCH pins the CPU wheel (override for CUDA).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+OUT ?= out/quickstart
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-local: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[local]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed-local
+
+# Embed the bundled sample with the default local model (offline, no keys).
+quickstart: $(VENV)/.installed-local
+	$(BIN)/embedfleet embed --input data/sample/docs.jsonl --format parquet --output $(OUT)/embeddings.parquet
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,58 @@
+"""embedfleet: Chroma-compatible embedding functions, run in-process or as a fleet.
+
+>>> from embedfleet import embedding_functions
+>>> ef = embedding_functions.DefaultEmbeddingFunction()
+>>> ef(["foo"])          # one float32 vector per document
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from embedfleet import embedding_functions, errors
+from embedfleet.embedding_functions import (
+    Documents,
+    Embedding,
+    EmbeddingFunction,
+    Embeddings,
+)
+from embedfleet.errors import (
+    ConfigError,
+    EmbeddingOutputError,
+    EmbedfleetError,
+    InvalidInputError,
+    MissingDependencyError,
+    ModelError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    RegistryError,
+    TextTooLongError,
+    UnknownProviderError,
+)
+from embedfleet.output import embeddings_table, write_parquet
+
+try:
+    __version__ = version("embedfleet")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ConfigError",
+    "Documents",
+    "Embedding",
+    "EmbeddingFunction",
+    "EmbeddingOutputError",
+    "Embeddings",
+    "EmbedfleetError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "RegistryError",
+    "TextTooLongError",
+    "UnknownProviderError",
+    "__version__",
+    "embedding_functions",
+    "embeddings_table",
+    "errors",
+    "write_parquet",
+]

@@ -1,0 +1,49 @@
+"""Embedding functions under Chroma's class names, and the provider registry.
+
+>>> from embedfleet import embedding_functions
+>>> ef = embedding_functions.DefaultEmbeddingFunction()
+>>> embedding_functions.list()            # registered provider names
+>>> embedding_functions.build("hash", {"dimension": 8})
+"""
+
+from embedfleet.embedding_functions.base import (
+    Documents,
+    Embedding,
+    EmbeddingFunction,
+    Embeddings,
+    EmbeddingStats,
+    Requirement,
+    validate_documents,
+)
+from embedfleet.embedding_functions.registry import (
+    ENTRY_POINT_GROUP,
+    build,
+    get,
+    list,
+    register,
+)
+from embedfleet.embedding_functions.sentence_transformer import (
+    DefaultEmbeddingFunction,
+    InstructorEmbeddingFunction,
+    SentenceTransformerEmbeddingFunction,
+)
+from embedfleet.testing import HashEmbeddingFunction
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DefaultEmbeddingFunction",
+    "Documents",
+    "Embedding",
+    "EmbeddingFunction",
+    "EmbeddingStats",
+    "Embeddings",
+    "HashEmbeddingFunction",
+    "InstructorEmbeddingFunction",
+    "Requirement",
+    "SentenceTransformerEmbeddingFunction",
+    "build",
+    "get",
+    "list",
+    "register",
+    "validate_documents",
+]

@@ -1,0 +1,293 @@
+"""The EmbeddingFunction protocol, input checks and batching, written once.
+
+A provider implements one method, :meth:`EmbeddingFunction.embed_batch`, which
+turns one batch of texts into vectors. Everything else a caller relies on lives
+here so that every provider behaves the same:
+
+* input validation (a single ``str`` is one document; ``None``, non-strings and
+  nested lists raise :class:`~embedfleet.errors.InvalidInputError` naming the
+  index; an empty list returns ``[]`` without touching the model);
+* identical texts within one call are embedded once;
+* texts are sorted by length before batching, so padding stays small, and the
+  vectors are put back in input order;
+* output validation: a wrong count, a changing dimension or a non-finite value
+  raises :class:`~embedfleet.errors.EmbeddingOutputError`, never a ``None``;
+* ``get_config()`` / ``build_from_config()`` round-trip through the
+  constructor's keyword arguments, so a function rebuilt on a Ray worker embeds
+  exactly like the original.
+
+The class matches Chroma's ``EmbeddingFunction`` protocol (``__call__(input)``,
+``embed_query``, static ``name()``, ``get_config`` / ``build_from_config``)
+without inheriting from chromadb, which is only a test extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from embedfleet.errors import (
+    ConfigError,
+    EmbeddingOutputError,
+    InvalidInputError,
+    TextTooLongError,
+)
+
+Documents: TypeAlias = list[str]
+Embedding: TypeAlias = npt.NDArray[np.float32]
+Embeddings: TypeAlias = list[Embedding]
+
+DEFAULT_BATCH_SIZE = 32
+ON_LONG_CHOICES = ("truncate", "error")
+
+
+@dataclass
+class EmbeddingStats:
+    """Running totals of one embedding function, readable after any call."""
+
+    calls: int = 0
+    documents: int = 0
+    embedded: int = 0  # texts actually sent to the model, after de-duplication
+    truncated: int = 0  # texts cut to the model's token limit
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A Python module a provider needs, and how to install it."""
+
+    module: str
+    install: str  # e.g. 'pip install "embedfleet[local]"'
+
+
+def validate_documents(input: object) -> Documents:
+    """Return ``input`` as a list of str, or raise naming the offending index."""
+    if isinstance(input, str):
+        return [input]
+    if input is None:
+        raise InvalidInputError("documents must be a str or a list of str, got None")
+    if isinstance(input, bytes | bytearray) or not isinstance(input, Sequence):
+        raise InvalidInputError(
+            f"documents must be a str or a list of str, got {type(input).__name__}"
+        )
+    documents = list(input)
+    for index, document in enumerate(documents):
+        if not isinstance(document, str):
+            kind = "None" if document is None else type(document).__name__
+            raise InvalidInputError(f"document at index {index} must be a str, got {kind}")
+    return documents
+
+
+class EmbeddingFunction(ABC):
+    """Base of every embedfleet embedding function.
+
+    ``ef(input)`` returns one 1-D float32 numpy vector per document, in input
+    order. Subclasses implement :meth:`embed_batch`, and take only
+    JSON-serializable keyword arguments in ``__init__`` so that
+    :meth:`get_config` can record them. Secrets never enter the config: keys
+    travel as the *name* of an environment variable (``api_key_env_var``).
+    """
+
+    #: Registry key, set by :func:`embedfleet.embedding_functions.register`.
+    provider_name: ClassVar[str] = ""
+    #: Modules the provider imports lazily; ``embedfleet providers`` checks them.
+    requirements: ClassVar[tuple[Requirement, ...]] = ()
+
+    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, on_long: str = "truncate") -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if on_long not in ON_LONG_CHOICES:
+            raise ConfigError(f"on_long must be one of {ON_LONG_CHOICES}, got {on_long!r}")
+        self.batch_size = batch_size
+        self.on_long = on_long
+        self.stats = EmbeddingStats()
+        self._dimension: int | None = None
+        self._stats_lock = threading.Lock()
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """What this provider lacks to run here, each with how to fix it (empty: ready)."""
+        return [
+            f"module {requirement.module} ({requirement.install})"
+            for requirement in cls.requirements
+            if importlib.util.find_spec(requirement.module) is None
+        ]
+
+    # ------------------------------------------------------------------ the one method
+    @abstractmethod
+    def embed_batch(self, texts: Documents, *, query: bool = False) -> Any:
+        """Embed one batch (a 2-D array or a list of vectors, one per text).
+
+        ``query`` is true when the batch comes from :meth:`embed_query`;
+        providers that embed queries and documents differently use it.
+        """
+
+    # ------------------------------------------------------------------ public calls
+    def __call__(self, input: Documents | str) -> Embeddings:
+        return self._embed_all(validate_documents(input), query=False)
+
+    def embed_query(self, input: Documents | str) -> Embeddings:
+        """Embed search queries (prompted or typed differently where the model wants it)."""
+        return self._embed_all(validate_documents(input), query=True)
+
+    @property
+    def dimension(self) -> int | None:
+        """Vector size: known up front for most models, else after the first call."""
+        return self._dimension
+
+    def max_tokens(self) -> int | None:
+        """The model's token limit per text, where it has one."""
+        return None
+
+    def count_tokens(self, texts: Documents, *, query: bool = False) -> list[int] | None:
+        """Tokens each text takes as the model sees it (prompt included), if knowable.
+
+        Providers that can count override this; the base uses the counts to sort
+        batches by length and to enforce ``on_long``.
+        """
+        return None
+
+    # ------------------------------------------------------------------ config
+    @staticmethod
+    def name() -> str:
+        """The name Chroma stores with a collection; set per class by ``@register``."""
+        return NotImplemented
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serializable constructor arguments; never a secret."""
+        return {"batch_size": self.batch_size, "on_long": self.on_long}
+
+    @classmethod
+    def build_from_config(cls, config: dict[str, Any]) -> EmbeddingFunction:
+        """Rebuild a function from :meth:`get_config`'s output."""
+        if not isinstance(config, dict):
+            raise ConfigError(f"{cls.__name__} config must be a dict, got {type(config).__name__}")
+        cls.validate_config(config)
+        try:
+            return cls(**config)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config for {cls.__name__}: {exc}") from exc
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> None:
+        """Check that a config is JSON-serializable (Chroma calls this too)."""
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{cls.__name__} config is not JSON-serializable: {exc}") from exc
+
+    def validate_config_update(  # noqa: B027 - a deliberate no-op hook
+        self, old_config: dict[str, Any], new_config: dict[str, Any]
+    ) -> None:
+        """Chroma hook: any config update is acceptable (a new config means a new function)."""
+
+    def is_legacy(self) -> bool:
+        """Chroma hook: embedfleet functions always carry a config."""
+        return False
+
+    def default_space(self) -> str:
+        """Chroma hook: the distance a collection should use with these vectors."""
+        return "cosine"
+
+    def supported_spaces(self) -> list[str]:
+        """Chroma hook: distances that make sense for these vectors."""
+        return ["cosine", "l2", "ip"]
+
+    def describe(self) -> dict[str, Any]:
+        """What to record next to vectors: provider, config and resolved settings."""
+        return {
+            "provider": self.provider_name,
+            "config": self.get_config(),
+            "dimension": self.dimension,
+        }
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+    # ------------------------------------------------------------------ shared machinery
+    def _embed_all(self, texts: Documents, *, query: bool) -> Embeddings:
+        if not texts:
+            return []
+        unique_texts, positions, first_seen = _deduplicate(texts)
+        lengths = self._lengths(unique_texts, first_seen, query=query)
+        order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
+        vectors: list[Embedding | None] = [None] * len(unique_texts)
+        for start in range(0, len(order), self.batch_size):
+            batch_indices = order[start : start + self.batch_size]
+            batch = [unique_texts[index] for index in batch_indices]
+            output = self.embed_batch(batch, query=query)
+            matrix = self._check_output(output, [first_seen[index] for index in batch_indices])
+            for row, index in enumerate(batch_indices):
+                vectors[index] = matrix[row]
+        with self._stats_lock:
+            self.stats.calls += 1
+            self.stats.documents += len(texts)
+            self.stats.embedded += len(unique_texts)
+        return [vectors[position] for position in positions]  # type: ignore[misc]
+
+    def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
+        """Sort keys for batching; enforces ``on_long`` and counts truncations."""
+        limit = self.max_tokens()
+        counts = self.count_tokens(texts, query=query)
+        if counts is None or limit is None:
+            return counts if counts is not None else [len(text) for text in texts]
+        over = [index for index, count in enumerate(counts) if count > limit]
+        if over and self.on_long == "error":
+            first = min(over, key=first_seen.__getitem__)
+            raise TextTooLongError(
+                f"document at index {first_seen[first]} is {counts[first]} tokens long; "
+                f"{type(self).__name__} accepts at most {limit} (on_long='truncate' cuts it)"
+            )
+        with self._stats_lock:
+            self.stats.truncated += len(over)
+        return counts
+
+    def _check_output(self, output: Any, input_indices: list[int]) -> npt.NDArray[np.float32]:
+        """Validate one batch's vectors; ``input_indices`` name its texts in error messages."""
+        name = type(self).__name__
+        expected = len(input_indices)
+        try:
+            matrix = np.asarray(output, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise EmbeddingOutputError(f"{name} returned vectors of unequal length") from exc
+        if matrix.ndim != 2 or matrix.shape[0] != expected:
+            raise EmbeddingOutputError(
+                f"{name} returned {matrix.shape[0] if matrix.ndim else 0} vectors "
+                f"of shape {matrix.shape[1:]} for {expected} texts"
+            )
+        bad_rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        if bad_rows.size:
+            where = ", ".join(str(input_indices[row]) for row in bad_rows[:10])
+            raise EmbeddingOutputError(
+                f"{name} returned non-finite values (NaN or inf) for the texts at index {where}"
+            )
+        dimension = matrix.shape[1]
+        if self._dimension is None:
+            self._dimension = dimension
+        elif dimension != self._dimension:
+            raise EmbeddingOutputError(
+                f"{name} returned {dimension}-dimensional vectors, expected {self._dimension}"
+            )
+        return np.ascontiguousarray(matrix)
+
+
+def _deduplicate(texts: Documents) -> tuple[Documents, list[int], list[int]]:
+    """Unique texts in first-seen order, each input's position among them, and
+    the input index where each unique text first appears."""
+    index_of: dict[str, int] = {}
+    first_seen: list[int] = []
+    positions = []
+    for input_index, text in enumerate(texts):
+        position = index_of.setdefault(text, len(index_of))
+        if position == len(first_seen):
+            first_seen.append(input_index)
+        positions.append(position)
+    return list(index_of), positions, first_seen

@@ -1,0 +1,101 @@
+"""Provider names -> classes: built-ins by decorator, third parties by entry point.
+
+Built-in providers register with ``@register("name")``. Third-party packages
+add an entry point in the group ``embedfleet.embedding_functions`` whose value
+is their class; they are loaded the first time a name is looked up or listed.
+Registering a name twice is an error, never a silent overwrite.
+
+The registry key (``"default"``) is what job specs and the CLI use. The
+Chroma-facing ``name()`` is the key prefixed with ``embedfleet.``, so a Chroma
+collection created with an embedfleet function can never replace one of
+Chroma's own registry entries (Chroma registers the class under ``name()``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from embedfleet.embedding_functions.base import EmbeddingFunction
+from embedfleet.errors import RegistryError, UnknownProviderError
+
+ENTRY_POINT_GROUP = "embedfleet.embedding_functions"
+CHROMA_NAME_PREFIX = "embedfleet."
+
+_providers: dict[str, type[EmbeddingFunction]] = {}
+_entry_points_loaded = False
+_lock = threading.RLock()
+
+T = TypeVar("T", bound=type[EmbeddingFunction])
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: make a provider available under ``name``."""
+
+    def decorate(cls: T) -> T:
+        _add(name, cls)
+        return cls
+
+    return decorate
+
+
+def _add(name: str, cls: type[EmbeddingFunction]) -> None:
+    if not isinstance(cls, type) or not issubclass(cls, EmbeddingFunction):
+        raise RegistryError(f"provider {name!r} must be an EmbeddingFunction subclass, got {cls!r}")
+    with _lock:
+        existing = _providers.get(name)
+        if existing is not None and existing is not cls:
+            raise RegistryError(
+                f"provider name {name!r} is already registered by "
+                f"{existing.__module__}.{existing.__qualname__}"
+            )
+        chroma_name = CHROMA_NAME_PREFIX + name
+        cls.provider_name = name
+        cls.name = staticmethod(lambda: chroma_name)  # type: ignore[method-assign]
+        _providers[name] = cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    with _lock:
+        if _entry_points_loaded:
+            return
+        _entry_points_loaded = True
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = entry_point.load()
+            except Exception as exc:
+                raise RegistryError(
+                    f"cannot load embedding function entry point {entry_point.name!r} "
+                    f"({entry_point.value}): {exc}"
+                ) from exc
+            _add(entry_point.name, cls)
+
+
+def get(name: str) -> type[EmbeddingFunction]:
+    """The provider class registered as ``name`` (Chroma's ``embedfleet.`` name works too)."""
+    key = name.removeprefix(CHROMA_NAME_PREFIX) if isinstance(name, str) else name
+    with _lock:
+        if key not in _providers:
+            _load_entry_points()
+        try:
+            return _providers[key]
+        except KeyError:
+            known = ", ".join(sorted(_providers))
+            raise UnknownProviderError(
+                f"no embedding function registered as {name!r}; known: {known}"
+            ) from None
+
+
+def build(name: str, config: dict[str, Any] | None = None) -> EmbeddingFunction:
+    """Build provider ``name`` from a config (as returned by ``get_config()``)."""
+    return get(name).build_from_config(dict(config or {}))
+
+
+def list() -> list[str]:
+    """Every registered provider name, sorted."""
+    _load_entry_points()
+    with _lock:
+        return sorted(_providers)

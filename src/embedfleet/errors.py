@@ -1,0 +1,85 @@
+"""The one exception tree of embedfleet.
+
+Every error embedfleet raises on purpose derives from ``EmbedfleetError``.
+Errors that correspond to a built-in category also derive from that built-in,
+so ``except TypeError`` keeps working for code written against Chroma::
+
+    EmbedfleetError
+    ├── ConfigError (ValueError)          bad arguments or provider config
+    │   └── UnknownProviderError (KeyError)
+    ├── RegistryError                     a registry name used twice
+    ├── InvalidInputError (TypeError)     documents that are not a list of str
+    ├── TextTooLongError (ValueError)     on_long="error" and a text over the limit
+    ├── MissingDependencyError (ImportError)
+    ├── ModelError
+    │   ├── ModelNotFoundError            neither local nor reachable
+    │   └── ModelIntegrityError           packaged weights fail their checksum
+    └── EmbeddingOutputError              a provider returned a wrong count,
+                                          dimension or non-finite values
+
+Library exceptions are mapped at the boundary with ``raise ... from exc`` so the
+original cause stays attached.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EmbeddingOutputError",
+    "EmbedfleetError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "RegistryError",
+    "TextTooLongError",
+    "UnknownProviderError",
+]
+
+
+class EmbedfleetError(Exception):
+    """Base class of every error embedfleet raises on purpose."""
+
+
+class ConfigError(EmbedfleetError, ValueError):
+    """An argument or a provider config is invalid."""
+
+
+class UnknownProviderError(ConfigError, KeyError):
+    """No provider is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(EmbedfleetError):
+    """A provider name is registered twice, or an entry point cannot be loaded."""
+
+
+class InvalidInputError(EmbedfleetError, TypeError):
+    """Documents are not a string or a list of strings."""
+
+
+class TextTooLongError(EmbedfleetError, ValueError):
+    """A text exceeds the model's token limit and ``on_long="error"`` was asked for."""
+
+
+class MissingDependencyError(EmbedfleetError, ImportError):
+    """An optional dependency of a provider is not installed."""
+
+
+class ModelError(EmbedfleetError):
+    """A model cannot be loaded."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model is neither available locally nor reachable."""
+
+
+class ModelIntegrityError(ModelError):
+    """Model files are present but do not match their expected checksum."""
+
+
+class EmbeddingOutputError(EmbedfleetError):
+    """A provider returned vectors that do not fit the input (count, dimension, NaN)."""

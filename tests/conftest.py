@@ -1,0 +1,34 @@
+"""Shared fixtures. Nothing here reaches the internet: the hub is switched off
+before transformers is imported, and models are the packaged all-MiniLM-L6-v2
+weights or tiny random BERTs built in a temp dir."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_tiny_sentence_transformer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT sentence-transformer (mean pooling, 32-d, 64 tokens max)
+    with prompts named "query" and "passage"."""
+    return build_tiny_sentence_transformer(
+        tmp_path_factory.mktemp("tiny-model"),
+        prompts={"query": "query: ", "passage": "passage: "},
+    )
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

