@@ -21,6 +21,7 @@ from embedfleet.embedding_functions.registry import (
     get,
     list,
     register,
+    register_with_chroma,
 )
 from embedfleet.embedding_functions.sentence_transformer import (
     DefaultEmbeddingFunction,
@@ -45,5 +46,6 @@ __all__ = [
     "get",
     "list",
     "register",
+    "register_with_chroma",
     "validate_documents",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ class EmbeddingFunction(ABC):
         self.stats = EmbeddingStats()
         self._dimension: int | None = None
         self._stats_lock = threading.Lock()
+        make_known_to_chroma(type(self))
 
     @classmethod
     def missing_requirements(cls) -> list[str]:
@@ -136,6 +138,15 @@ class EmbeddingFunction(ABC):
     def embed_query(self, input: Documents | str) -> Embeddings:
         """Embed search queries (prompted or typed differently where the model wants it)."""
         return self._embed_all(validate_documents(input), query=True)
+
+    def embed_with_retries(self, input: Documents | str, **retry_kwargs: Any) -> Embeddings:
+        """Chroma protocol member: ``__call__`` under tenacity's ``retry(**retry_kwargs)``.
+
+        tenacity comes with chromadb, the only caller of this method.
+        """
+        from tenacity import retry
+
+        return retry(**retry_kwargs)(self.__call__)(input)  # type: ignore[no-any-return]
 
     @property
     def dimension(self) -> int | None:
@@ -277,6 +288,21 @@ class EmbeddingFunction(ABC):
                 f"{name} returned {dimension}-dimensional vectors, expected {self._dimension}"
             )
         return np.ascontiguousarray(matrix)
+
+
+CHROMA_REGISTRY_MODULE = "chromadb.utils.embedding_functions"
+
+
+def make_known_to_chroma(cls: type[EmbeddingFunction]) -> None:
+    """Add ``cls`` to Chroma's registry if chromadb is already imported (never imports it).
+
+    Chroma rebuilds a persisted collection's function by looking ``name()`` up
+    there; without this, only the process that created the collection could.
+    """
+    chroma = sys.modules.get(CHROMA_REGISTRY_MODULE)
+    name = cls.name()
+    if chroma is not None and isinstance(name, str):
+        chroma.known_embedding_functions.setdefault(name, cls)
 
 
 def _deduplicate(texts: Documents) -> tuple[Documents, list[int], list[int]]:

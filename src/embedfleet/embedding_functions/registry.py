@@ -3,12 +3,13 @@
 Built-in providers register with ``@register("name")``. Third-party packages
 add an entry point in the group ``embedfleet.embedding_functions`` whose value
 is their class; they are loaded the first time a name is looked up or listed.
+When chromadb is imported, every registered class is also added to Chroma's own
+registry under ``name()``, so Chroma can rebuild a persisted collection's function.
 Registering a name twice is an error, never a silent overwrite.
 
 The registry key (``"default"``) is what job specs and the CLI use. The
-Chroma-facing ``name()`` is the key prefixed with ``embedfleet.``, so a Chroma
-collection created with an embedfleet function can never replace one of
-Chroma's own registry entries (Chroma registers the class under ``name()``).
+Chroma-facing ``name()`` is the key prefixed with ``embedfleet.``, so an
+embedfleet class can never replace one of Chroma's own registry entries.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import RegistryError, UnknownProviderError
+from embedfleet.embedding_functions.base import (
+    CHROMA_REGISTRY_MODULE,
+    EmbeddingFunction,
+    make_known_to_chroma,
+)
+from embedfleet.errors import MissingDependencyError, RegistryError, UnknownProviderError
 
 ENTRY_POINT_GROUP = "embedfleet.embedding_functions"
 CHROMA_NAME_PREFIX = "embedfleet."
@@ -55,6 +60,30 @@ def _add(name: str, cls: type[EmbeddingFunction]) -> None:
         cls.provider_name = name
         cls.name = staticmethod(lambda: chroma_name)  # type: ignore[method-assign]
         _providers[name] = cls
+    make_known_to_chroma(cls)
+
+
+def register_with_chroma() -> None:
+    """Make every embedfleet provider known to Chroma (imports chromadb).
+
+    Needed only to reopen a persisted collection *without* passing an
+    embedding function when chromadb was imported after embedfleet and no
+    embedfleet function was created yet; otherwise registration is automatic.
+    """
+    try:
+        __import__(CHROMA_REGISTRY_MODULE)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "register_with_chroma needs chromadb: pip install chromadb"
+        ) from exc
+    for cls in _all_providers():
+        make_known_to_chroma(cls)
+
+
+def _all_providers() -> list[type[EmbeddingFunction]]:
+    _load_entry_points()
+    with _lock:
+        return [*_providers.values()]
 
 
 def _load_entry_points() -> None:
