@@ -15,9 +15,12 @@ from embedfleet.embedding_functions import (
     Embeddings,
 )
 from embedfleet.errors import (
+    BatchFailedError,
     ConfigError,
     EmbeddingOutputError,
     EmbedfleetError,
+    FleetError,
+    FleetStartError,
     InvalidInputError,
     MissingDependencyError,
     ModelError,
@@ -27,6 +30,7 @@ from embedfleet.errors import (
     TextTooLongError,
     UnknownProviderError,
 )
+from embedfleet.fleet import RemoteEmbeddingFunction, remote
 from embedfleet.output import embeddings_table, write_parquet
 
 try:
@@ -35,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "BatchFailedError",
     "ConfigError",
     "Documents",
     "Embedding",
@@ -42,17 +47,21 @@ __all__ = [
     "EmbeddingOutputError",
     "Embeddings",
     "EmbedfleetError",
+    "FleetError",
+    "FleetStartError",
     "InvalidInputError",
     "MissingDependencyError",
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "RegistryError",
+    "RemoteEmbeddingFunction",
     "TextTooLongError",
     "UnknownProviderError",
     "__version__",
     "embedding_functions",
     "embeddings_table",
     "errors",
+    "remote",
     "write_parquet",
 ]

@@ -14,8 +14,11 @@ so ``except TypeError`` keeps working for code written against Chroma::
     ├── ModelError
     │   ├── ModelNotFoundError            neither local nor reachable
     │   └── ModelIntegrityError           packaged weights fail their checksum
-    └── EmbeddingOutputError              a provider returned a wrong count,
-                                          dimension or non-finite values
+    ├── EmbeddingOutputError              a provider returned a wrong count,
+    │                                     dimension or non-finite values
+    └── FleetError                        a fleet of Ray actors failed
+        ├── FleetStartError               replicas could not be placed or built
+        └── BatchFailedError              a replica raised for one batch
 
 Library exceptions are mapped at the boundary with ``raise ... from exc`` so the
 original cause stays attached.
@@ -24,9 +27,12 @@ original cause stays attached.
 from __future__ import annotations
 
 __all__ = [
+    "BatchFailedError",
     "ConfigError",
     "EmbeddingOutputError",
     "EmbedfleetError",
+    "FleetError",
+    "FleetStartError",
     "InvalidInputError",
     "MissingDependencyError",
     "ModelError",
@@ -83,3 +89,20 @@ class ModelIntegrityError(ModelError):
 
 class EmbeddingOutputError(EmbedfleetError):
     """A provider returned vectors that do not fit the input (count, dimension, NaN)."""
+
+
+class FleetError(EmbedfleetError):
+    """A fleet of embedding replicas failed (actors died past their restarts, shut down)."""
+
+
+class FleetStartError(FleetError):
+    """Replicas could not be placed within ``start_timeout`` or failed while building."""
+
+
+class BatchFailedError(FleetError):
+    """A replica's embedding function raised for one batch; ``cause`` is its exception."""
+
+    def __init__(self, message: str, *, batch_index: int, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.batch_index = batch_index
+        self.cause = cause

@@ -9,6 +9,8 @@ layer above the model (fleet, jobs, quotas) at full speed.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,11 @@ class HashEmbeddingFunction(EmbeddingFunction):
     ``query_prefix`` is prepended to queries so tests can tell
     ``embed_query`` from ``__call__``; ``max_tokens`` (whitespace tokens)
     gives it a limit to exercise ``on_long``.
+
+    Fault injection, for fleet and job tests: a batch holding a text listed in
+    ``fail_on`` raises ``ValueError``; a batch holding ``crash_once_on`` kills
+    the whole process (``os._exit``) the first time, remembered by creating the
+    file ``crash_marker``.
     """
 
     def __init__(
@@ -37,6 +44,9 @@ class HashEmbeddingFunction(EmbeddingFunction):
         max_tokens: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_long: str = "truncate",
+        fail_on: list[str] | None = None,
+        crash_once_on: str | None = None,
+        crash_marker: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, on_long=on_long)
         if not isinstance(dimension, int) or dimension < 1:
@@ -44,12 +54,20 @@ class HashEmbeddingFunction(EmbeddingFunction):
         self._dimension = dimension
         self.query_prefix = query_prefix
         self._max_tokens = max_tokens
+        if crash_once_on is not None and crash_marker is None:
+            raise ConfigError("crash_once_on needs crash_marker (a file path)")
+        self.fail_on = list(fail_on) if fail_on else None
+        self.crash_once_on = crash_once_on
+        self.crash_marker = crash_marker
 
     def get_config(self) -> dict[str, Any]:
         return {
             "dimension": self._dimension,
             "query_prefix": self.query_prefix,
             "max_tokens": self._max_tokens,
+            "fail_on": self.fail_on,
+            "crash_once_on": self.crash_once_on,
+            "crash_marker": self.crash_marker,
             **super().get_config(),
         }
 
@@ -63,8 +81,20 @@ class HashEmbeddingFunction(EmbeddingFunction):
         return [len((prefix + text).split()) for text in texts]
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
+        self._inject_faults(texts)
         prefix = self.query_prefix if query else ""
         return np.stack([self._vector(prefix + text) for text in texts])
+
+    def _inject_faults(self, texts: Documents) -> None:
+        if self.fail_on:
+            bad = [text for text in texts if text in self.fail_on]
+            if bad:
+                raise ValueError(f"refusing to embed {bad[0]!r} (fail_on)")
+        if self.crash_once_on in texts and self.crash_marker is not None:
+            marker = Path(self.crash_marker)
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
 
     def _vector(self, text: str) -> np.ndarray:
         if self._max_tokens is not None:

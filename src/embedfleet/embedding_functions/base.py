@@ -28,7 +28,7 @@ import json
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
@@ -223,6 +223,16 @@ class EmbeddingFunction(ABC):
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{type(self).__name__}({arguments})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the lock (cloudpickle ships custom functions to replicas)."""
+        state = dict(self.__dict__)
+        state.pop("_stats_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+
     # ------------------------------------------------------------------ shared machinery
     def _embed_all(self, texts: Documents, *, query: bool) -> Embeddings:
         if not texts:
@@ -231,18 +241,31 @@ class EmbeddingFunction(ABC):
         lengths = self._lengths(unique_texts, first_seen, query=query)
         order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
         vectors: list[Embedding | None] = [None] * len(unique_texts)
-        for start in range(0, len(order), self.batch_size):
-            batch_indices = order[start : start + self.batch_size]
-            batch = [unique_texts[index] for index in batch_indices]
-            output = self.embed_batch(batch, query=query)
-            matrix = self._check_output(output, [first_seen[index] for index in batch_indices])
-            for row, index in enumerate(batch_indices):
+        batch_indices = [
+            order[start : start + self.batch_size]
+            for start in range(0, len(order), self.batch_size)
+        ]
+        batches = [[unique_texts[index] for index in indices] for indices in batch_indices]
+        for indices, output in zip(
+            batch_indices, self._embed_batches(batches, query=query), strict=True
+        ):
+            matrix = self._check_output(output, [first_seen[index] for index in indices])
+            for row, index in enumerate(indices):
                 vectors[index] = matrix[row]
         with self._stats_lock:
             self.stats.calls += 1
             self.stats.documents += len(texts)
             self.stats.embedded += len(unique_texts)
         return [vectors[position] for position in positions]  # type: ignore[misc]
+
+    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+        """One output per batch, in order. In-process: one after the other; a fleet
+        overrides this to spread batches over its replicas."""
+        for batch in batches:
+            yield self.embed_batch(batch, query=query)
+
+    def set_num_threads(self, threads: int) -> None:  # noqa: B027 - most providers have none
+        """Limit the compute threads this function uses (a fleet replica's CPU share)."""
 
     def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
         """Sort keys for batching; enforces ``on_long`` and counts truncations."""

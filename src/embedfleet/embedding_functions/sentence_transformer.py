@@ -9,6 +9,7 @@ call. Nothing is loaded until the first non-empty call, so building a function
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -180,6 +181,14 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
 
     def max_tokens(self) -> int | None:
         return self.model.max_seq_length
+
+    def set_num_threads(self, threads: int) -> None:
+        """Pin torch's intra-op threads and the tokenizer's pool to ``threads`` cores."""
+        import torch
+
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------ embedding
     def _prompt(self, *, query: bool) -> dict[str, str]:

@@ -1,0 +1,462 @@
+"""``remote(ef)``: the same embedding function as a pool of Ray actors.
+
+The returned :class:`RemoteEmbeddingFunction` is itself an embedding function:
+``remote(texts)`` returns exactly what ``ef(texts)`` returns. The base class
+still validates input, de-duplicates, sorts by length and checks every batch's
+output; the fleet only replaces *where* batches run.
+
+What Ray does and embedfleet does not re-implement:
+
+* placement: each replica reserves ``num_cpus`` / ``num_gpus`` (Ray sets
+  ``CUDA_VISIBLE_DEVICES``; fractional GPUs pack replicas on one device);
+* faults: actors restart (``max_restarts``) and in-flight batches re-run
+  (``max_task_retries``) when a replica's process dies;
+* backpressure: each call keeps at most ``max_pending_per_replica`` batches in
+  flight per replica, waits with ``ray.wait`` and sends the next batch to the
+  replica with the fewest outstanding batches.
+
+Replicas are built on the worker from the registry (``name`` + config), so
+models, clients and sockets are never pickled; custom, unregistered functions
+are sent with cloudpickle instead. API keys are read from the worker's own
+environment, never shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedfleet.embedding_functions import registry
+from embedfleet.embedding_functions.base import (
+    Documents,
+    EmbeddingFunction,
+    Embeddings,
+    validate_documents,
+)
+from embedfleet.errors import (
+    BatchFailedError,
+    ConfigError,
+    FleetError,
+    FleetStartError,
+    MissingDependencyError,
+)
+
+logger = logging.getLogger(__name__)
+
+RAY_INSTALL_HINT = 'pip install "embedfleet[ray]"'
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """How a replica rebuilds the function: by registry name + config, or a pickle."""
+
+    provider: str | None
+    config: dict[str, Any] | None
+    pickled: bytes | None = None
+
+    @classmethod
+    def of(cls, function: Any) -> FunctionSpec:
+        if isinstance(function, EmbeddingFunction) and function.provider_name:
+            try:
+                registered = registry.get(function.provider_name)
+            except KeyError:
+                registered = None
+            if registered is type(function):
+                return cls(function.provider_name, function.get_config())
+        import cloudpickle
+
+        try:
+            return cls(None, None, cloudpickle.dumps(function))
+        except Exception as exc:
+            raise ConfigError(
+                f"{type(function).__name__} is not registered and cannot be pickled ({exc}); "
+                "register it with @embedding_functions.register(name) so replicas can "
+                "build it from its config"
+            ) from exc
+
+    def build(self) -> Any:
+        if self.pickled is not None:
+            import cloudpickle
+
+            return cloudpickle.loads(self.pickled)
+        assert self.provider is not None
+        return registry.build(self.provider, self.config)
+
+
+class Replica:
+    """The actor: one embedding function, built on the worker."""
+
+    def __init__(self, spec: FunctionSpec, threads: int | None) -> None:
+        self.function = spec.build()
+        if threads and isinstance(self.function, EmbeddingFunction):
+            self.function.set_num_threads(threads)
+
+    def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_threads": _torch_threads(),
+        }
+
+    def embed(self, texts: Documents, query: bool) -> tuple[np.ndarray, int]:
+        """Vectors for one batch, and how many of its texts were truncated."""
+        function = self.function
+        if not isinstance(function, EmbeddingFunction):
+            call = getattr(function, "embed_query", function) if query else function
+            return np.asarray(call(texts), dtype=np.float32), 0
+        truncated = function.stats.truncated
+        vectors = function.embed_query(texts) if query else function(texts)
+        return np.stack(vectors), function.stats.truncated - truncated
+
+    def describe(self) -> dict[str, Any]:
+        function = self.function
+        return function.describe() if isinstance(function, EmbeddingFunction) else {}
+
+
+def remote(
+    function: Any,
+    *,
+    replicas: int = 1,
+    num_cpus: float | None = None,
+    num_gpus: float = 0,
+    max_pending_per_replica: int = 2,
+    batch_size: int | None = None,
+    address: str | None = None,
+    start_timeout: float = 120.0,
+    max_restarts: int = 3,
+    name: str | None = None,
+) -> RemoteEmbeddingFunction:
+    """Run ``function`` as ``replicas`` Ray actors and return a drop-in replacement.
+
+    ``num_cpus`` defaults to 1 for local models and 0 for functions with no
+    compute of their own. A fleet created under the same ``name`` in this
+    process replaces the previous one (re-running a notebook cell never leaks
+    actors). ``address`` (or ``RAY_ADDRESS``) joins a running cluster; without
+    either, a local Ray instance is started.
+    """
+    return RemoteEmbeddingFunction(
+        function,
+        replicas=replicas,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_pending_per_replica=max_pending_per_replica,
+        batch_size=batch_size,
+        address=address,
+        start_timeout=start_timeout,
+        max_restarts=max_restarts,
+        name=name,
+    )
+
+
+_live_fleets: dict[str, weakref.ref[RemoteEmbeddingFunction]] = {}
+_live_lock = threading.Lock()
+
+
+class RemoteEmbeddingFunction(EmbeddingFunction):
+    """An embedding function whose batches run on a pool of Ray actors."""
+
+    def __init__(
+        self,
+        function: Any,
+        *,
+        replicas: int = 1,
+        num_cpus: float | None = None,
+        num_gpus: float = 0,
+        max_pending_per_replica: int = 2,
+        batch_size: int | None = None,
+        address: str | None = None,
+        start_timeout: float = 120.0,
+        max_restarts: int = 3,
+        name: str | None = None,
+    ) -> None:
+        if not callable(function):
+            raise ConfigError(
+                f"remote() needs an embedding function, got {type(function).__name__}"
+            )
+        for label, value in (
+            ("replicas", replicas),
+            ("max_pending_per_replica", max_pending_per_replica),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{label} must be a positive integer, got {value!r}")
+        if num_gpus < 0 or (num_cpus is not None and num_cpus < 0):
+            raise ConfigError("num_cpus and num_gpus must not be negative")
+        inner_batch = getattr(function, "batch_size", None)
+        super().__init__(batch_size=batch_size or max(DEFAULT_BATCH_SIZE, inner_batch or 0))
+        self._function = function
+        self.replicas = replicas
+        self.num_cpus = _default_num_cpus(function) if num_cpus is None else num_cpus
+        self.num_gpus = num_gpus
+        self.max_pending_per_replica = max_pending_per_replica
+        self.fleet_name = name or getattr(function, "provider_name", "") or type(function).__name__
+        self._spec = FunctionSpec.of(function)
+        self._dimension = getattr(function, "_dimension", None)
+        self._actors: list[Any] = []
+        self._outstanding = [0] * replicas
+        self._balance_lock = threading.Lock()
+        self._owner = True
+        self.placement: list[dict[str, Any]] = []
+
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        _replace_live_fleet(self.fleet_name, self)
+        self._start(ray, start_timeout, max_restarts)
+        self._finalizer = weakref.finalize(self, _kill_actors, list(self._actors))
+
+    # ------------------------------------------------------------------ start / stop
+    def _start(self, ray: Any, start_timeout: float, max_restarts: int) -> None:
+        actor_class = ray.remote(Replica).options(
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )
+        threads = max(1, int(self.num_cpus)) if self.num_cpus >= 1 else None
+        self._actors = [actor_class.remote(self._spec, threads) for _ in range(self.replicas)]
+        probes = [actor.ready.remote() for actor in self._actors]
+        _, waiting = ray.wait(probes, num_returns=len(probes), timeout=start_timeout)
+        try:
+            if waiting:
+                raise FleetStartError(self._placement_message(ray, len(waiting), start_timeout))
+            placement = []
+            for index, probe in enumerate(probes):
+                try:
+                    placement.append(ray.get(probe))
+                except ray.exceptions.RayActorError as exc:
+                    cause = _cause(exc)
+                    raise FleetStartError(
+                        f"replica {index} of {self.fleet_name!r} failed to start: "
+                        f"{type(cause).__name__}: {cause}"
+                    ) from cause
+            self.placement = placement
+        except FleetStartError:
+            _kill_actors(self._actors)
+            self._actors = []
+            raise
+
+    def _placement_message(self, ray: Any, missing: int, timeout: float) -> str:
+        total = ray.cluster_resources()
+        free = ray.available_resources()
+        return (
+            f"{missing} of {self.replicas} replicas of {self.fleet_name!r} could not be placed "
+            f"within {timeout:g}s: each asks for num_cpus={self.num_cpus:g}, "
+            f"num_gpus={self.num_gpus:g}; the cluster has CPU {total.get('CPU', 0):g} "
+            f"(free {free.get('CPU', 0):g}), GPU {total.get('GPU', 0):g} "
+            f"(free {free.get('GPU', 0):g})"
+        )
+
+    def shutdown(self) -> None:
+        """Release the actors (also done when the object is garbage-collected)."""
+        if self._owner and self._actors:
+            self._finalizer()
+        self._actors = []
+
+    def __enter__(self) -> RemoteEmbeddingFunction:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles into Ray tasks as actor handles + spec; never the local model.
+        A copy does not own the actors: only the creator shuts them down."""
+        state = super().__getstate__()
+        for key in ("_function", "_balance_lock", "_finalizer"):
+            state.pop(key, None)
+        state["_owner"] = False
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._balance_lock = threading.Lock()
+        self._function = None
+
+    @property
+    def function(self) -> Any:
+        """The wrapped function (rebuilt from its spec in an unpickled copy; no model
+        is loaded until it is called)."""
+        if self._function is None:
+            self._function = self._spec.build()
+        return self._function
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict[str, Any]:
+        """The wrapped function's config (what a rebuilt in-process function needs)."""
+        if self._spec.config is None:
+            raise ConfigError(f"{self.fleet_name!r} is a custom function without a config")
+        return dict(self._spec.config)
+
+    @property
+    def provider(self) -> str | None:
+        """Registry name of the wrapped function (None for a pickled custom one)."""
+        return self._spec.provider
+
+    def describe(self) -> dict[str, Any]:
+        """The wrapped function's description, as resolved on a replica."""
+        return _ray().get(self._live_actors()[0].describe.remote())
+
+    def __repr__(self) -> str:
+        return (
+            f"RemoteEmbeddingFunction({self.fleet_name!r}, replicas={self.replicas}, "
+            f"num_cpus={self.num_cpus:g}, num_gpus={self.num_gpus:g})"
+        )
+
+    def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
+        return next(iter(self._embed_batches([texts], query=query)))
+
+    def map(
+        self, batches: Iterable[Documents | str], *, query: bool = False
+    ) -> Iterator[Embeddings]:
+        """Embed many batches, yielding each batch's vectors in order while later
+        batches are still in flight on the replicas."""
+        checked = [validate_documents(batch) for batch in batches]
+        work = [batch for batch in checked if batch]
+        outputs = self._embed_batches(work, query=query)
+        offset = 0
+        for batch in checked:
+            if not batch:
+                yield []
+                continue
+            indices = list(range(offset, offset + len(batch)))
+            offset += len(batch)
+            yield list(self._check_output(next(outputs), indices))
+
+    # ------------------------------------------------------------------ dispatch
+    def _live_actors(self) -> list[Any]:
+        if not self._actors:
+            raise FleetError(f"fleet {self.fleet_name!r} is shut down")
+        return self._actors
+
+    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+        """Spread batches over replicas, least outstanding first; yield in order."""
+        ray = _ray()
+        actors = self._live_actors()
+        results: dict[int, np.ndarray] = {}
+        in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (batch, replica)
+        mine = [0] * len(actors)
+        next_batch = next_yield = 0
+        try:
+            while next_yield < len(batches):
+                while next_batch < len(batches):
+                    replica = self._choose_replica(mine)
+                    if replica is None:
+                        break
+                    ref = actors[replica].embed.remote(batches[next_batch], query)
+                    in_flight[ref] = (next_batch, replica)
+                    next_batch += 1
+                if next_yield not in results:
+                    done, _ = ray.wait(list(in_flight), num_returns=1)
+                    for ref in done:
+                        batch, replica = in_flight.pop(ref)
+                        self._release(mine, replica)
+                        results[batch] = self._collect(ray, ref, batch, len(batches[batch]))
+                    continue
+                yield results.pop(next_yield)
+                next_yield += 1
+        finally:
+            for _batch, replica in in_flight.values():
+                self._release(mine, replica)
+
+    def _choose_replica(self, mine: list[int]) -> int | None:
+        with self._balance_lock:
+            open_replicas = [
+                i for i, count in enumerate(mine) if count < self.max_pending_per_replica
+            ]
+            if not open_replicas:
+                return None
+            replica = min(open_replicas, key=lambda i: (self._outstanding[i], mine[i]))
+            self._outstanding[replica] += 1
+            mine[replica] += 1
+            return replica
+
+    def _release(self, mine: list[int], replica: int) -> None:
+        with self._balance_lock:
+            self._outstanding[replica] -= 1
+            mine[replica] -= 1
+
+    def _collect(self, ray: Any, ref: Any, batch: int, size: int) -> np.ndarray:
+        try:
+            matrix, truncated = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = _cause(exc)
+            raise BatchFailedError(
+                f"batch {batch} ({size} texts) failed on fleet {self.fleet_name!r}: "
+                f"{type(cause).__name__}: {cause}",
+                batch_index=batch,
+                cause=cause,
+            ) from cause
+        except ray.exceptions.RayActorError as exc:
+            raise FleetError(
+                f"batch {batch} of fleet {self.fleet_name!r} lost its replica after "
+                f"all restarts: {exc}"
+            ) from exc
+        if truncated:
+            with self._stats_lock:
+                self.stats.truncated += truncated
+        return matrix
+
+
+# ---------------------------------------------------------------------- helpers
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependencyError(f"fleets need Ray: {RAY_INSTALL_HINT}") from exc
+    return ray
+
+
+def _default_num_cpus(function: Any) -> float:
+    """Local models get a core each; functions that only wait on I/O get none."""
+    from embedfleet.embedding_functions.sentence_transformer import (
+        SentenceTransformerEmbeddingFunction,
+    )
+
+    return 1.0 if isinstance(function, SentenceTransformerEmbeddingFunction) else 0.0
+
+
+def _cause(exc: BaseException) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _kill_actors(actors: list[Any]) -> None:
+    try:
+        import ray
+    except ImportError:
+        return
+    if not ray.is_initialized():
+        return
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as exc:  # a dead actor or a gone cluster: nothing left to free
+            logger.debug("could not kill actor %s: %s", actor, exc)
+
+
+def _replace_live_fleet(name: str, fleet: RemoteEmbeddingFunction) -> None:
+    with _live_lock:
+        previous = _live_fleets.get(name)
+        old = previous() if previous is not None else None
+        _live_fleets[name] = weakref.ref(fleet)
+    if old is not None and old._actors:
+        logger.info("replacing fleet %r created earlier in this process", name)
+        old.shutdown()

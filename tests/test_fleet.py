@@ -1,0 +1,216 @@
+"""embedfleet.remote on a real local Ray instance (2 CPUs, 2 logical GPUs)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import embedfleet  # noqa: E402
+from embedfleet import EmbeddingFunction  # noqa: E402
+from embedfleet.embedding_functions import (  # noqa: E402
+    DefaultEmbeddingFunction,
+    SentenceTransformerEmbeddingFunction,
+)
+from embedfleet.errors import (  # noqa: E402
+    BatchFailedError,
+    ConfigError,
+    FleetError,
+    FleetStartError,
+)
+from embedfleet.testing import HashEmbeddingFunction  # noqa: E402
+
+TEXTS = [f"document {index} " + "word " * (index % 17) for index in range(300)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def stack(vectors):
+    return np.stack(vectors)
+
+
+def test_remote_returns_exactly_what_the_function_returns():
+    ef = HashEmbeddingFunction(dimension=16)
+    with embedfleet.remote(ef, replicas=2, batch_size=16) as fleet:
+        np.testing.assert_array_equal(stack(fleet(TEXTS)), stack(ef(TEXTS)))
+        np.testing.assert_array_equal(
+            stack(fleet.embed_query(TEXTS[:20])), stack(ef.embed_query(TEXTS[:20]))
+        )
+        assert fleet("one text")[0].shape == (16,)
+        assert fleet([]) == []
+
+
+def test_remote_exposes_the_wrapped_function_and_its_config():
+    ef = HashEmbeddingFunction(dimension=8)
+    with embedfleet.remote(ef, replicas=1) as fleet:
+        assert fleet.function is ef
+        assert fleet.get_config() == ef.get_config()
+        assert fleet.provider == "hash"
+        assert fleet.describe()["provider"] == "hash"
+        assert fleet.num_cpus == 0  # no compute of its own: reserves no CPU
+
+
+@pytest.mark.real_model
+def test_two_cpu_replicas_of_the_default_model_match_in_process():
+    ef = DefaultEmbeddingFunction(precision="fp32")
+    texts = TEXTS[:120]
+    with embedfleet.remote(ef, replicas=2, num_cpus=1, batch_size=ef.batch_size) as fleet:
+        assert fleet.num_cpus == 1
+        remote_vectors = stack(fleet(texts))
+        assert {entry["torch_threads"] for entry in fleet.placement} == {1}
+    np.testing.assert_allclose(remote_vectors, stack(ef(texts)), atol=2e-6)
+
+
+def test_killed_replica_restarts_and_every_document_comes_back_once_in_order(tmp_path):
+    marker = tmp_path / "crashed"
+    crash_text = TEXTS[150]
+    faulty = HashEmbeddingFunction(dimension=16, crash_once_on=crash_text, crash_marker=str(marker))
+    with embedfleet.remote(faulty, replicas=2, batch_size=8) as fleet:
+        vectors = stack(fleet(TEXTS))
+    assert marker.exists(), "the replica never crashed: the test proved nothing"
+    np.testing.assert_array_equal(vectors, stack(HashEmbeddingFunction(dimension=16)(TEXTS)))
+
+
+def test_provider_error_surfaces_as_a_typed_error_naming_the_batch():
+    ef = HashEmbeddingFunction(fail_on=[TEXTS[7]])
+    with embedfleet.remote(ef, replicas=2, batch_size=8) as fleet:
+        with pytest.raises(
+            BatchFailedError, match=r"batch \d+ \(8 texts\).*ValueError.*fail_on"
+        ) as caught:
+            fleet(TEXTS)
+        assert isinstance(caught.value.cause, ValueError)
+        # the fleet is still usable afterwards
+        assert len(fleet(TEXTS[:3])) == 3
+
+
+def test_gpu_replicas_get_distinct_gpus():
+    with embedfleet.remote(HashEmbeddingFunction(), replicas=2, num_gpus=1) as fleet:
+        gpu_ids = [tuple(entry["gpu_ids"]) for entry in fleet.placement]
+        assert len(set(gpu_ids)) == 2 and all(len(ids) == 1 for ids in gpu_ids)
+        assert {entry["cuda_visible_devices"] for entry in fleet.placement} == {"0", "1"}
+
+
+def test_fractional_gpus_pack_replicas_on_one_device():
+    with embedfleet.remote(HashEmbeddingFunction(), replicas=4, num_gpus=0.5) as fleet:
+        per_gpu = Counter(entry["gpu_ids"][0] for entry in fleet.placement)
+        assert sorted(per_gpu.values()) == [2, 2]
+
+
+def test_unplaceable_fleet_fails_fast_saying_what_was_asked_and_what_exists():
+    with pytest.raises(FleetStartError, match=r"num_gpus=3.*GPU 2"):
+        embedfleet.remote(HashEmbeddingFunction(), replicas=1, num_gpus=3, start_timeout=3)
+    # nothing leaked: the GPUs are free again
+    with embedfleet.remote(HashEmbeddingFunction(), replicas=2, num_gpus=1) as fleet:
+        assert len(fleet.placement) == 2
+
+
+def test_fleet_pickles_into_a_ray_task():
+    ef = HashEmbeddingFunction(dimension=8)
+    with embedfleet.remote(ef, replicas=2) as fleet:
+
+        @ray.remote(num_cpus=0)
+        def embed_in_task(remote_function, texts):
+            return np.stack(remote_function(texts))
+
+        result = ray.get(embed_in_task.remote(fleet, TEXTS[:50]))
+        np.testing.assert_array_equal(result, stack(ef(TEXTS[:50])))
+        copy = pickle.loads(pickle.dumps(fleet))
+        assert copy.get_config() == ef.get_config()
+    # the unpickled copies did not own the actors; shutdown of the owner did
+    with pytest.raises(FleetError, match="shut down"):
+        fleet(["x"])
+
+
+def test_concurrent_calls_from_threads_get_their_own_results():
+    ef = HashEmbeddingFunction(dimension=8)
+    chunks = [TEXTS[index::6] for index in range(6)]
+    results = {}
+    with embedfleet.remote(ef, replicas=2, batch_size=5) as fleet:
+
+        def work(index):
+            results[index] = stack(fleet(chunks[index]))
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for index, chunk in enumerate(chunks):
+        np.testing.assert_array_equal(results[index], stack(ef(chunk)))
+
+
+def test_a_new_fleet_with_the_same_name_replaces_the_old_one():
+    """What re-running a notebook cell does: no leaked actors, no waiting for CPUs."""
+    first = embedfleet.remote(HashEmbeddingFunction(), replicas=2, num_cpus=1, name="cell")
+    second = embedfleet.remote(
+        HashEmbeddingFunction(), replicas=2, num_cpus=1, name="cell", start_timeout=30
+    )
+    with pytest.raises(FleetError, match="shut down"):
+        first(["x"])
+    assert len(second(["x"])) == 1
+    second.shutdown()
+
+
+def test_custom_unregistered_function_is_sent_with_cloudpickle():
+    class Doubler(EmbeddingFunction):
+        def embed_batch(self, texts, *, query=False):
+            return [[float(len(text)), 2.0 * len(text)] for text in texts]
+
+    with embedfleet.remote(Doubler(), replicas=1) as fleet:
+        assert fleet.provider is None
+        np.testing.assert_array_equal(stack(fleet(["ab", "abc"])), [[2, 4], [3, 6]])
+
+
+def test_unpicklable_custom_function_is_a_clear_error():
+    class Locked(EmbeddingFunction):
+        def __init__(self):
+            super().__init__()
+            self.lock = threading.Lock()
+
+        def embed_batch(self, texts, *, query=False):
+            return [[1.0] for _ in texts]
+
+    with pytest.raises(ConfigError, match="not registered and cannot be pickled"):
+        embedfleet.remote(Locked())
+
+
+def test_local_model_replica_pins_torch_threads_to_its_cpus(tiny_model_dir):
+    ef = SentenceTransformerEmbeddingFunction(str(tiny_model_dir), precision="fp32")
+    with embedfleet.remote(ef, replicas=1, num_cpus=1) as fleet:
+        np.testing.assert_allclose(stack(fleet(["a b", "c"])), stack(ef(["a b", "c"])), atol=1e-6)
+        assert fleet.placement[0]["torch_threads"] == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"replicas": 0}, "replicas"),
+        ({"max_pending_per_replica": 0}, "max_pending_per_replica"),
+        ({"num_gpus": -1}, "must not be negative"),
+    ],
+)
+def test_bad_fleet_arguments_are_config_errors(arguments, message):
+    with pytest.raises(ConfigError, match=message):
+        embedfleet.remote(HashEmbeddingFunction(), **arguments)
+
+
+def test_map_yields_each_batch_in_order():
+    ef = HashEmbeddingFunction(dimension=8)
+    batches = [TEXTS[0:10], [], "a single text", TEXTS[10:40]]
+    with embedfleet.remote(ef, replicas=2, max_pending_per_replica=1) as fleet:
+        results = list(fleet.map(batches))
+    assert [len(result) for result in results] == [10, 0, 1, 30]
+    np.testing.assert_array_equal(stack(results[0]), stack(ef(TEXTS[0:10])))
+    np.testing.assert_array_equal(stack(results[2]), stack(ef(["a single text"])))
+    np.testing.assert_array_equal(stack(results[3]), stack(ef(TEXTS[10:40])))
