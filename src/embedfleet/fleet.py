@@ -126,20 +126,12 @@ class Replica:
         return function.describe() if isinstance(function, EmbeddingFunction) else {}
 
 
-def remote(
-    function: Any,
-    *,
-    replicas: int = 1,
-    num_cpus: float | None = None,
-    num_gpus: float = 0,
-    max_pending_per_replica: int = 2,
-    batch_size: int | None = None,
-    address: str | None = None,
-    start_timeout: float = 120.0,
-    max_restarts: int = 3,
-    name: str | None = None,
-) -> RemoteEmbeddingFunction:
-    """Run ``function`` as ``replicas`` Ray actors and return a drop-in replacement.
+_live_fleets: dict[str, weakref.ref[RemoteEmbeddingFunction]] = {}
+_live_lock = threading.Lock()
+
+
+class RemoteEmbeddingFunction(EmbeddingFunction):
+    """Run ``function`` as ``replicas`` Ray actors: a drop-in replacement for it.
 
     ``num_cpus`` defaults to 1 for local models and 0 for functions with no
     compute of their own. A fleet created under the same ``name`` in this
@@ -147,26 +139,6 @@ def remote(
     actors). ``address`` (or ``RAY_ADDRESS``) joins a running cluster; without
     either, a local Ray instance is started.
     """
-    return RemoteEmbeddingFunction(
-        function,
-        replicas=replicas,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        max_pending_per_replica=max_pending_per_replica,
-        batch_size=batch_size,
-        address=address,
-        start_timeout=start_timeout,
-        max_restarts=max_restarts,
-        name=name,
-    )
-
-
-_live_fleets: dict[str, weakref.ref[RemoteEmbeddingFunction]] = {}
-_live_lock = threading.Lock()
-
-
-class RemoteEmbeddingFunction(EmbeddingFunction):
-    """An embedding function whose batches run on a pool of Ray actors."""
 
     def __init__(
         self,
@@ -460,3 +432,7 @@ def _replace_live_fleet(name: str, fleet: RemoteEmbeddingFunction) -> None:
     if old is not None and old._actors:
         logger.info("replacing fleet %r created earlier in this process", name)
         old.shutdown()
+
+
+#: ``embedfleet.remote(ef, replicas=2, ...)`` reads best at call sites.
+remote = RemoteEmbeddingFunction
