@@ -214,3 +214,31 @@ def test_map_yields_each_batch_in_order():
     np.testing.assert_array_equal(stack(results[0]), stack(ef(TEXTS[0:10])))
     np.testing.assert_array_equal(stack(results[2]), stack(ef(["a single text"])))
     np.testing.assert_array_equal(stack(results[3]), stack(ef(TEXTS[10:40])))
+
+
+class EnvProbe(EmbeddingFunction):
+    """Embeds 1.0 when the replica's environment has the variable, else 0.0."""
+
+    def embed_batch(self, texts, *, query=False):
+        import os
+
+        present = float(os.environ.get("EMBEDFLEET_TEST_FAKE_KEY") == "sk-fake-not-a-key")
+        return [[present] for _ in texts]
+
+
+def test_keys_are_not_shipped_unless_forwarded_explicitly(monkeypatch):
+    # set after ray.init: the local workers' own environment does not have it
+    monkeypatch.setenv("EMBEDFLEET_TEST_FAKE_KEY", "sk-fake-not-a-key")
+    with embedfleet.remote(EnvProbe(), replicas=1, name="no-forward") as fleet:
+        assert fleet(["x"])[0][0] == 0.0
+    forwarded = embedfleet.remote(
+        EnvProbe(), replicas=1, name="forward", forward_env=["EMBEDFLEET_TEST_FAKE_KEY"]
+    )
+    with forwarded:
+        assert forwarded(["x"])[0][0] == 1.0
+        assert "sk-fake" not in repr(forwarded)
+
+
+def test_forwarding_an_unset_variable_is_a_config_error():
+    with pytest.raises(ConfigError, match="unset environment variables: \\['NOPE_NOT_SET'\\]"):
+        embedfleet.remote(HashEmbeddingFunction(), forward_env=["NOPE_NOT_SET"])

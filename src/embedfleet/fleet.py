@@ -134,7 +134,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     """Run ``function`` as ``replicas`` Ray actors: a drop-in replacement for it.
 
     ``num_cpus`` defaults to 1 for local models and 0 for functions with no
-    compute of their own. A fleet created under the same ``name`` in this
+    compute of their own. API keys are read from each worker's own environment;
+    ``forward_env`` (opt-in) copies the named variables from this process to the
+    replicas through Ray's runtime environment, where Ray's dashboard and logs
+    show them. A fleet created under the same ``name`` in this
     process replaces the previous one (re-running a notebook cell never leaks
     actors). ``address`` (or ``RAY_ADDRESS``) joins a running cluster; without
     either, a local Ray instance is started.
@@ -153,6 +156,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         start_timeout: float = 120.0,
         max_restarts: int = 3,
         name: str | None = None,
+        forward_env: list[str] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -181,6 +185,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         self._balance_lock = threading.Lock()
         self._owner = True
         self.placement: list[dict[str, Any]] = []
+        self.forward_env = list(forward_env or [])
+        missing = [variable for variable in self.forward_env if variable not in os.environ]
+        if missing:
+            raise ConfigError(f"forward_env names unset environment variables: {missing}")
 
         ray = _ray()
         if not ray.is_initialized():
@@ -191,12 +199,16 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
 
     # ------------------------------------------------------------------ start / stop
     def _start(self, ray: Any, start_timeout: float, max_restarts: int) -> None:
-        actor_class = ray.remote(Replica).options(
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            max_restarts=max_restarts,
-            max_task_retries=max_restarts,
-        )
+        options: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "max_restarts": max_restarts,
+            "max_task_retries": max_restarts,
+        }
+        if self.forward_env:  # opt-in: Ray shows runtime_env in its dashboard and logs
+            env_vars = {variable: os.environ[variable] for variable in self.forward_env}
+            options["runtime_env"] = {"env_vars": env_vars}
+        actor_class = ray.remote(Replica).options(**options)
         threads = max(1, int(self.num_cpus)) if self.num_cpus >= 1 else None
         self._actors = [actor_class.remote(self._spec, threads) for _ in range(self.replicas)]
         probes = [actor.ready.remote() for actor in self._actors]
