@@ -242,3 +242,37 @@ def test_keys_are_not_shipped_unless_forwarded_explicitly(monkeypatch):
 def test_forwarding_an_unset_variable_is_a_config_error():
     with pytest.raises(ConfigError, match="unset environment variables: \\['NOPE_NOT_SET'\\]"):
         embedfleet.remote(HashEmbeddingFunction(), forward_env=["NOPE_NOT_SET"])
+
+
+class Rendezvous(EmbeddingFunction):
+    """Each batch waits until another batch is inside the same replica at once."""
+
+    def __init__(self):
+        super().__init__(batch_size=1)
+        self.barrier = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["barrier"] = None
+        return state
+
+    def embed_batch(self, texts, *, query=False):
+        if self.barrier is None:
+            self.barrier = threading.Barrier(2, timeout=5)
+        self.barrier.wait()
+        return [[1.0] for _ in texts]
+
+
+def test_io_bound_replicas_serve_several_batches_at_once():
+    with embedfleet.remote(Rendezvous(), replicas=1, batch_size=1, name="rendezvous") as fleet:
+        assert fleet.num_cpus == 0 and fleet.max_concurrency == 8
+        assert len(fleet(["a", "b", "c", "d"])) == 4
+
+
+def test_local_model_replicas_run_one_batch_at_a_time():
+    with embedfleet.remote(
+        Rendezvous(), replicas=1, batch_size=1, num_cpus=0.5, name="serial", max_restarts=0
+    ) as fleet:
+        assert fleet.max_concurrency == 1
+        with pytest.raises(BatchFailedError, match="BrokenBarrierError"):
+            fleet(["a", "b"])

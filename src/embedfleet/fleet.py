@@ -134,7 +134,8 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     """Run ``function`` as ``replicas`` Ray actors: a drop-in replacement for it.
 
     ``num_cpus`` defaults to 1 for local models and 0 for functions with no
-    compute of their own. API keys are read from each worker's own environment;
+    compute of their own; such replicas also run ``max_concurrency`` (default 8)
+    batches at once, local models one. API keys are read from each worker's own environment;
     ``forward_env`` (opt-in) copies the named variables from this process to the
     replicas through Ray's runtime environment, where Ray's dashboard and logs
     show them. A fleet created under the same ``name`` in this
@@ -157,6 +158,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         max_restarts: int = 3,
         name: str | None = None,
         forward_env: list[str] | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -176,7 +178,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         self.replicas = replicas
         self.num_cpus = _default_num_cpus(function) if num_cpus is None else num_cpus
         self.num_gpus = num_gpus
-        self.max_pending_per_replica = max_pending_per_replica
+        # I/O-bound functions (no CPU of their own) serve several batches at once.
+        self.max_concurrency = max_concurrency or (1 if self.num_cpus or num_gpus else 8)
+        self.max_pending_per_replica = max(max_pending_per_replica, self.max_concurrency)
         self.fleet_name = name or getattr(function, "provider_name", "") or type(function).__name__
         self._spec = FunctionSpec.of(function)
         self._dimension = getattr(function, "_dimension", None)
@@ -204,6 +208,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             "num_gpus": self.num_gpus,
             "max_restarts": max_restarts,
             "max_task_retries": max_restarts,
+            "max_concurrency": self.max_concurrency,
         }
         if self.forward_env:  # opt-in: Ray shows runtime_env in its dashboard and logs
             env_vars = {variable: os.environ[variable] for variable in self.forward_env}
