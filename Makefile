@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed-local: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[local]"
+	$(BIN)/python -m pip install --quiet -e ".[local,ray]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -24,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 # Embed the bundled sample with the default local model (offline, no keys).
 quickstart: $(VENV)/.installed-local
-	$(BIN)/embedfleet embed --input data/sample/docs.jsonl --format parquet --output $(OUT)/embeddings.parquet
+	$(BIN)/embedfleet run jobs/quickstart.toml --output $(OUT)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests scripts

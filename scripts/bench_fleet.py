@@ -12,50 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 
 import numpy as np
 
 import embedfleet
+from embedfleet.bench import corpus
 from embedfleet.embedding_functions import DefaultEmbeddingFunction
-
-WORDS = [
-    *[
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "lazy",
-        "dog",
-        "embedding",
-        "vector",
-        "model",
-        "ray",
-        "cluster",
-    ],
-    *[
-        "data",
-        "science",
-        "music",
-        "football",
-        "garden",
-        "finance",
-        "medicine",
-        "astronomy",
-        "cooking",
-    ],
-]
-
-
-def corpus(count: int, seed: int = 0) -> list[str]:
-    """Mostly short documents (lognormal lengths around 25 words), a few long ones."""
-    rng = random.Random(seed)
-    lengths = [max(3, min(300, int(rng.lognormvariate(3.2, 0.7)))) for _ in range(count)]
-    return [" ".join(rng.choice(WORDS) for _ in range(length)) for length in lengths]
 
 
 def steady(function: embedfleet.EmbeddingFunction, texts: list[str], repeats: int) -> float:

@@ -28,12 +28,7 @@ from embedfleet.testing import HashEmbeddingFunction  # noqa: E402
 TEXTS = [f"document {index} " + "word " * (index % 17) for index in range(300)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def stack(vectors):

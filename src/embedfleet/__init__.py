@@ -3,6 +3,8 @@
 >>> from embedfleet import embedding_functions
 >>> ef = embedding_functions.DefaultEmbeddingFunction()
 >>> ef(["foo"])          # one float32 vector per document
+>>> embedfleet.remote(ef, replicas=2)             # the same function on Ray actors
+>>> embedfleet.Job.from_toml("jobs/quickstart.toml").run()
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -22,15 +24,18 @@ from embedfleet.errors import (
     FleetError,
     FleetStartError,
     InvalidInputError,
+    LockedError,
     MissingDependencyError,
     ModelError,
     ModelIntegrityError,
     ModelNotFoundError,
     RegistryError,
+    SourceReadError,
     TextTooLongError,
     UnknownProviderError,
 )
 from embedfleet.fleet import RemoteEmbeddingFunction, remote
+from embedfleet.job import Job, JobResult, JobSpec, read
 from embedfleet.output import embeddings_table, write_parquet
 
 try:
@@ -50,18 +55,24 @@ __all__ = [
     "FleetError",
     "FleetStartError",
     "InvalidInputError",
+    "Job",
+    "JobResult",
+    "JobSpec",
+    "LockedError",
     "MissingDependencyError",
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "RegistryError",
     "RemoteEmbeddingFunction",
+    "SourceReadError",
     "TextTooLongError",
     "UnknownProviderError",
     "__version__",
     "embedding_functions",
     "embeddings_table",
     "errors",
+    "read",
     "remote",
     "write_parquet",
 ]

@@ -1,7 +1,9 @@
 """The ``embedfleet`` command: parse, call the library, print.
 
-Exit codes: 0 success; 1 the work failed (model, provider, output); 2 bad
-usage, config or input (nothing was embedded).
+Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
+provider, output, or some shards failed: re-run to retry only those); 2 bad
+usage, config or input (nothing was embedded); 3 the output is locked by
+another run; 130 interrupted (committed shards stay, the run is resumable).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from pathlib import Path
 import fsspec
 
 from embedfleet import __version__, embedding_functions
-from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError
+from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
+from embedfleet.job import Job, JobSpec
+from embedfleet.job.sink import Output
+from embedfleet.job.spec import MODES
 from embedfleet.output import embedding_metadata, embeddings_table, write_parquet
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InvalidInputError) as exc:
         print(f"embedfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LockedError as exc:
+        print(f"embedfleet: locked: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except KeyboardInterrupt:
+        print("embedfleet: interrupted; committed shards stay, re-run to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except EmbedfleetError as exc:
         print(f"embedfleet: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -61,7 +74,149 @@ def _parser() -> argparse.ArgumentParser:
 
     providers = commands.add_parser("providers", help="list providers and whether they can run")
     providers.set_defaults(handler=_providers)
+
+    run = commands.add_parser("run", help="run a job spec: embed a dataset into Parquet")
+    _job_arguments(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary (cron)")
+    run.add_argument("--report", metavar="PATH", help="write the run's summary as JSON")
+    run.set_defaults(handler=_run)
+
+    plan = commands.add_parser("plan", help="shards, rows and tokens of a job, embedding nothing")
+    _job_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=_plan)
+
+    status = commands.add_parser("status", help="summarise a job output's snapshots")
+    status.add_argument("output", metavar="OUTPUT", help="the job's output URI")
+    status.set_defaults(handler=_status)
+
+    bench = commands.add_parser("bench", help="throughput: encode vs in-process vs a full job")
+    bench.add_argument("--docs", type=int, default=10_000, help="documents in the corpus")
+    bench.add_argument("--replicas", type=int, default=2)
+    bench.add_argument("--num-cpus", type=float, default=1)
+    bench.add_argument("--report", metavar="PATH", help="write the results as JSON")
+    bench.set_defaults(handler=_bench)
     return parser
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="job spec (TOML)")
+    parser.add_argument("--output", help="override output.uri")
+    parser.add_argument("--mode", choices=MODES, help="override output.mode")
+    parser.add_argument("--rows-per-shard", type=int, help="override output.rows_per_shard")
+    parser.add_argument("--replicas", type=int, help="override fleet.replicas")
+    parser.add_argument("--num-cpus", type=float, help="override fleet.num_cpus")
+    parser.add_argument("--num-gpus", type=float, help="override fleet.num_gpus")
+    parser.add_argument("--address", help="override fleet.address (or set RAY_ADDRESS)")
+
+
+def _load_job(arguments: argparse.Namespace) -> Job:
+    spec = JobSpec.from_toml(arguments.spec)
+    overrides = [
+        (spec.output, "uri", arguments.output),
+        (spec.output, "mode", arguments.mode),
+        (spec.output, "rows_per_shard", arguments.rows_per_shard),
+        (spec.fleet, "replicas", arguments.replicas),
+        (spec.fleet, "num_cpus", arguments.num_cpus),
+        (spec.fleet, "num_gpus", arguments.num_gpus),
+        (spec.fleet, "address", arguments.address),
+    ]
+    for section, key, value in overrides:
+        if value is not None:
+            setattr(section, key, value)
+    spec.check()
+    return Job(spec)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    job = _load_job(arguments)
+    result = job.run(progress=not arguments.quiet)
+    summary = result.to_dict()
+    if arguments.report:
+        with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+    if not arguments.quiet:
+        _print_table(
+            [
+                ("snapshot", f"{job.spec.output.uri}/{result.snapshot}"),
+                ("complete", "yes" if result.complete else "no"),
+                ("rows read", result.rows_read),
+                ("embedded", result.embedded),
+                ("carried over", result.carried_over),
+                ("rejected", result.rejected),
+                ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
+                ("failed shards", len(result.failed_shards)),
+                ("est. tokens", result.estimated_tokens),
+                ("time", f"{result.seconds:.1f} s"),
+                ("rows/s", f"{result.rows_per_second:.1f}"),
+            ]
+        )
+    for shard, error in sorted(result.failed_shards.items()):
+        print(f"embedfleet: shard {shard} failed: {error}", file=sys.stderr)
+    if result.failed_shards:
+        print(
+            "embedfleet: re-run the same command to retry only the failed shards", file=sys.stderr
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _plan(arguments: argparse.Namespace) -> int:
+    plan = _load_job(arguments).plan()
+    if arguments.json:
+        print(json.dumps(plan.summary(), indent=2))
+        return EXIT_OK
+    _print_table([(key.replace("_", " "), value) for key, value in plan.summary().items()])
+    return EXIT_OK
+
+
+def _status(arguments: argparse.Namespace) -> int:
+    output = Output(arguments.output)
+    latest = output.latest()
+    lease = output.read_lease()
+    print(f"output: {arguments.output}")
+    print(f"lock: {'held by ' + lease.owner if lease else 'free'}")
+    rows = [("SNAPSHOT", "STATE", "SHARDS", "EMBEDDED", "REJECTED")]
+    for run_id in output.snapshot_ids():
+        snapshot = output.snapshot(run_id)
+        markers = snapshot.commits()
+        planned = len((snapshot.run_info() or {}).get("shards", [])) or len(markers)
+        state = (
+            "latest"
+            if run_id == latest
+            else ("complete" if snapshot.is_complete() else "unfinished")
+        )
+        rows.append(
+            (
+                run_id,
+                state,
+                f"{len(markers)}/{planned}",
+                str(sum(marker["embedded"] for marker in markers.values())),
+                str(sum(marker["rejected"] for marker in markers.values())),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return EXIT_OK
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from embedfleet.bench import run_benchmark
+
+    results = run_benchmark(
+        arguments.docs, replicas=arguments.replicas, num_cpus=arguments.num_cpus
+    )
+    if arguments.report:
+        with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+    return EXIT_OK
+
+
+def _print_table(rows: list[tuple[str, object]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label.ljust(width)}  {value}")
 
 
 def _embed(arguments: argparse.Namespace) -> int:

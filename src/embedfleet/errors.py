@@ -16,6 +16,8 @@ so ``except TypeError`` keeps working for code written against Chroma::
     │   └── ModelIntegrityError           packaged weights fail their checksum
     ├── EmbeddingOutputError              a provider returned a wrong count,
     │                                     dimension or non-finite values
+    ├── LockedError                       another run holds the output's lock
+    ├── SourceReadError                   a source file cannot be opened or parsed
     └── FleetError                        a fleet of Ray actors failed
         ├── FleetStartError               replicas could not be placed or built
         └── BatchFailedError              a replica raised for one batch
@@ -34,11 +36,13 @@ __all__ = [
     "FleetError",
     "FleetStartError",
     "InvalidInputError",
+    "LockedError",
     "MissingDependencyError",
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "RegistryError",
+    "SourceReadError",
     "TextTooLongError",
     "UnknownProviderError",
 ]
@@ -89,6 +93,15 @@ class ModelIntegrityError(ModelError):
 
 class EmbeddingOutputError(EmbedfleetError):
     """A provider returned vectors that do not fit the input (count, dimension, NaN)."""
+
+
+class LockedError(EmbedfleetError):
+    """Another run holds the lease on a job's output."""
+
+
+class SourceReadError(EmbedfleetError):
+    """A source file cannot be opened, decompressed or parsed (corrupt Parquet, invalid JSON or
+    UTF-8); the message names the file, so one bad file fails only its own shards."""
 
 
 class FleetError(EmbedfleetError):

@@ -6,13 +6,14 @@ columns. The schema metadata key ``embedfleet`` holds JSON describing how the
 vectors were made (provider, config, precision, dimension, normalization,
 model revision, embedfleet version); it never holds a secret.
 
-Files are written under a temporary name that does not end in ``.parquet`` and
-renamed into place, so a glob reader never sees half a file.
+Files are written in one piece (see :func:`write_bytes_atomically`), so a glob
+reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -81,20 +82,35 @@ def embeddings_table(
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
-    """Write ``table`` to ``uri`` (any fsspec URL) atomically: temp name, then rename."""
+    """Write ``table`` to ``uri`` (any fsspec URL) in one piece."""
     fs, path = fsspec.core.url_to_fs(uri)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
+    write_bytes_atomically(fs, path, parquet_bytes(table))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Whole file or nothing: a temporary name (never ``*.parquet``) renamed into
+    place on local disks, a single put on object stores."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" not in protocols and "local" not in protocols:
+        fs.pipe_file(path, data)
+        return
     temporary = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
+            handle.write(data)
         fs.mv(temporary, path)
-    except BaseException:
+    finally:
         if fs.exists(temporary):
             fs.rm(temporary)
-        raise
 
 
 def read_metadata(uri: str) -> dict[str, Any]:

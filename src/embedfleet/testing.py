@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ class HashEmbeddingFunction(EmbeddingFunction):
     Fault injection, for fleet and job tests: a batch holding a text listed in
     ``fail_on`` raises ``ValueError``; a batch holding ``crash_once_on`` kills
     the whole process (``os._exit``) the first time, remembered by creating the
-    file ``crash_marker``.
+    file ``crash_marker``; ``delay_seconds`` makes every batch that slow
+    (a stand-in for a real model, so a test can stop a job half-way).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class HashEmbeddingFunction(EmbeddingFunction):
         fail_on: list[str] | None = None,
         crash_once_on: str | None = None,
         crash_marker: str | None = None,
+        delay_seconds: float = 0.0,
     ) -> None:
         super().__init__(batch_size=batch_size, on_long=on_long)
         if not isinstance(dimension, int) or dimension < 1:
@@ -59,6 +62,7 @@ class HashEmbeddingFunction(EmbeddingFunction):
         self.fail_on = list(fail_on) if fail_on else None
         self.crash_once_on = crash_once_on
         self.crash_marker = crash_marker
+        self.delay_seconds = delay_seconds
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -68,6 +72,7 @@ class HashEmbeddingFunction(EmbeddingFunction):
             "fail_on": self.fail_on,
             "crash_once_on": self.crash_once_on,
             "crash_marker": self.crash_marker,
+            "delay_seconds": self.delay_seconds,
             **super().get_config(),
         }
 
@@ -86,6 +91,8 @@ class HashEmbeddingFunction(EmbeddingFunction):
         return np.stack([self._vector(prefix + text) for text in texts])
 
     def _inject_faults(self, texts: Documents) -> None:
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)  # stands in for a slow model or API
         if self.fail_on:
             bad = [text for text in texts if text in self.fail_on]
             if bad:

@@ -1,0 +1,17 @@
+"""The job layer: specs, fsspec sources and shards, Parquet snapshots, the runner."""
+
+from embedfleet.job.runner import Job, JobPlan, JobResult
+from embedfleet.job.sink import read
+from embedfleet.job.spec import EmbeddingSpec, FleetSpec, JobSpec, OutputSpec, SourceSpec
+
+__all__ = [
+    "EmbeddingSpec",
+    "FleetSpec",
+    "Job",
+    "JobPlan",
+    "JobResult",
+    "JobSpec",
+    "OutputSpec",
+    "SourceSpec",
+    "read",
+]

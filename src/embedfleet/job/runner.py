@@ -1,0 +1,421 @@
+"""Run a job: plan shards, embed them on the fleet as Ray tasks, commit, resume.
+
+The driver holds the output's lease for the whole run (renewed by a heartbeat
+thread), decides which snapshot to write (resume, overwrite), plans shards from
+metadata, and keeps a bounded number of shard tasks in flight. Each shard task
+reads its rows, rejects null/empty texts, sends the texts through the fleet
+(sorted by length there, back in row order), and commits its part file and
+marker. Shard tasks reserve no CPU, so ``replicas = 2, num_cpus = 1`` on a
+2-CPU machine cannot deadlock. ``_latest`` moves only when every shard
+committed; a failed shard leaves the snapshot resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from embedfleet.embedding_functions import registry
+from embedfleet.embedding_functions.base import EmbeddingFunction
+from embedfleet.errors import ConfigError, EmbedfleetError
+from embedfleet.job import sink, sources
+from embedfleet.job.sources import Shard, ShardRows
+from embedfleet.job.spec import JobSpec
+from embedfleet.output import embedding_metadata, embeddings_table
+
+logger = logging.getLogger(__name__)
+
+SHARD_TASK_CPUS = 0  # reading and writing wait on I/O; the replicas own the cores
+RENEW_EVERY_SECONDS = 60.0
+
+
+@dataclass
+class JobPlan:
+    fingerprint: str
+    shards: list[Shard]
+    estimated_rows: int
+    estimated_tokens: int
+    snapshot: str | None  # the snapshot this run would write (resume target) or None: new
+    committed: int  # shards already committed in that snapshot
+    note: str  # one line saying what the run would do
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "shards": len(self.shards),
+            "estimated_rows": self.estimated_rows,
+            "estimated_tokens": self.estimated_tokens,
+            "snapshot": self.snapshot,
+            "committed_shards": self.committed,
+            "note": self.note,
+        }
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    snapshot: str  # relative path under the output
+    complete: bool
+    rows_read: int = 0
+    embedded: int = 0
+    rejected: int = 0
+    carried_over: int = 0  # rows in shards committed by an earlier, interrupted run
+    shards: int = 0
+    shards_skipped: int = 0
+    failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
+    estimated_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_per_second": self.rows_per_second}
+
+
+class Job:
+    """``Job(spec)`` / ``Job.from_toml(path)``; ``plan()`` and ``run()``."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.function: EmbeddingFunction = registry.build(
+            spec.embedding.provider, spec.embedding.config
+        )
+        self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
+        self.output = sink.Output(spec.output.uri, spec.output.storage_options)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Job:
+        return cls(JobSpec.from_toml(path))
+
+    # ------------------------------------------------------------------ planning
+    def plan(self) -> JobPlan:
+        shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
+        target, committed, note = self._choose_snapshot(shards)
+        return JobPlan(
+            fingerprint=self.fingerprint,
+            shards=shards,
+            estimated_rows=sum(shard.estimated_rows for shard in shards),
+            estimated_tokens=sources.estimate_tokens(shards),
+            snapshot=target,
+            committed=committed,
+            note=note,
+        )
+
+    def _choose_snapshot(self, shards: list[Shard]) -> tuple[str | None, int, str]:
+        mode = self.spec.output.mode
+        if mode == "incremental":
+            raise ConfigError("output.mode = 'incremental' is not available yet; use resume")
+        if mode == "overwrite":
+            return None, 0, "overwrite: a new snapshot embeds every shard"
+        latest = self.output.latest()
+        unfinished = [
+            run
+            for run in self.output.snapshot_ids()
+            if (latest is None or run > latest) and not self.output.snapshot(run).is_complete()
+        ]
+        if not unfinished:
+            return None, 0, "a new snapshot embeds every shard"
+        newest = self.output.snapshot(unfinished[-1])
+        info = newest.run_info() or {}
+        if info.get("fingerprint") != self.fingerprint:
+            raise ConfigError(
+                f"the unfinished snapshot {newest.relative} was made with another provider or "
+                f"config (fingerprint {info.get('fingerprint')}, this spec {self.fingerprint}); "
+                "resuming would mix vectors. Run with mode 'overwrite' to start a new snapshot."
+            )
+        planned = {shard.shard_id for shard in shards}
+        committed = len(planned & set(newest.commits()))
+        return (
+            newest.run_id,
+            committed,
+            (f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"),
+        )
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        *,
+        progress: bool = True,
+        on_shard: Callable[[dict[str, Any]], None] | None = None,
+    ) -> JobResult:
+        """Embed every shard not yet committed; see the module docstring."""
+        started = time.perf_counter()
+        lease = self.output.acquire()
+        stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._renew_lease, args=(lease, stop), name="embedfleet-lease", daemon=True
+        )
+        heartbeat.start()
+        signals = _StopOnSignal(stop)
+        signals.install()
+        try:
+            result = self._run_locked(progress, on_shard, signals)
+        finally:
+            signals.restore()
+            stop.set()
+            heartbeat.join(timeout=5)
+            self.output.release(lease)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _renew_lease(self, lease: sink.Lease, stop: threading.Event) -> None:
+        while not stop.wait(RENEW_EVERY_SECONDS):
+            try:
+                self.output.renew(lease)
+            except EmbedfleetError as exc:  # taken over: the run's commits still stand
+                logger.error("%s", exc)
+                return
+
+    def _run_locked(
+        self,
+        progress: bool,
+        on_shard: Callable[[dict[str, Any]], None] | None,
+        signals: _StopOnSignal,
+    ) -> JobResult:
+        stop = signals.stop
+        plan = self.plan()
+        run_id = plan.snapshot or sink.new_run_id()
+        snapshot = self.output.snapshot(run_id)
+        metadata = {**embedding_metadata(self.function), "job_fingerprint": self.fingerprint}
+        if plan.snapshot is None:
+            snapshot.start(
+                {
+                    "run_id": run_id,
+                    "fingerprint": self.fingerprint,
+                    "spec": self.spec.to_public_dict(),
+                    "embedding": metadata,
+                    "shards": [shard.shard_id for shard in plan.shards],
+                }
+            )
+        committed = snapshot.commits()
+        todo = [shard for shard in plan.shards if shard.shard_id not in committed]
+        result = JobResult(
+            run_id=run_id,
+            snapshot=snapshot.relative,
+            complete=False,
+            shards=len(plan.shards),
+            shards_skipped=len(plan.shards) - len(todo),
+            estimated_tokens=plan.estimated_tokens,
+        )
+        for marker in committed.values():
+            if marker["shard_id"] in {shard.shard_id for shard in plan.shards}:
+                result.carried_over += marker["embedded"]
+                result.rejected += marker["rejected"]
+                result.rows_read += marker["rows"]
+        if todo:
+            self._embed_shards(todo, snapshot, metadata, result, progress, on_shard, signals)
+        if stop.is_set():
+            raise KeyboardInterrupt
+        if not result.failed_shards:
+            self._check_unique_ids(snapshot, plan.shards)
+            snapshot.finish(
+                {
+                    "fingerprint": self.fingerprint,
+                    "embedding": metadata,
+                    "rows": result.rows_read,
+                    "embedded": result.embedded + result.carried_over,
+                    "rejected": result.rejected,
+                }
+            )
+            result.complete = True
+            sink.prune(self.output, self.spec.output.keep_snapshots)
+        return result
+
+    def _embed_shards(
+        self,
+        todo: list[Shard],
+        snapshot: sink.Snapshot,
+        metadata: dict[str, Any],
+        result: JobResult,
+        progress: bool,
+        on_shard: Callable[[dict[str, Any]], None] | None,
+        signals: _StopOnSignal,
+    ) -> None:
+        import ray
+
+        from embedfleet.fleet import RemoteEmbeddingFunction
+
+        fleet_spec = self.spec.fleet
+        if not ray.is_initialized():
+            ray.init(
+                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
+            )
+            signals.install()
+        stop = signals.stop
+        fleet = RemoteEmbeddingFunction(
+            self.function,
+            replicas=fleet_spec.replicas,
+            num_cpus=fleet_spec.num_cpus,
+            num_gpus=fleet_spec.num_gpus,
+            max_pending_per_replica=fleet_spec.max_pending_per_replica,
+            batch_size=fleet_spec.batch_size,
+            name=f"job:{self.output.uri}",
+        )
+        task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
+        window = max(2, 2 * fleet_spec.replicas)
+        bar = _progress_bar(sum(shard.estimated_rows for shard in todo), progress)
+        pending: dict[Any, Shard] = {}
+        queue = list(todo)
+        done_count = 0
+        try:
+            while (queue or pending) and not stop.is_set():
+                while queue and len(pending) < window:
+                    shard = queue.pop(0)
+                    ref = task.remote(shard, self.spec, fleet, snapshot.run_id, metadata)
+                    pending[ref] = shard
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    shard = pending.pop(ref)
+                    try:
+                        marker = ray.get(ref)
+                    except Exception as exc:  # one shard's failure never stops the others
+                        cause = getattr(exc, "cause", None) or exc
+                        result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
+                        logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
+                        done_count += 1
+                        _advance(bar, shard.estimated_rows, result, done_count, len(todo))
+                        continue
+                    result.rows_read += marker["rows"]
+                    result.embedded += marker["embedded"]
+                    result.rejected += marker["rejected"]
+                    done_count += 1
+                    _advance(bar, marker["rows"], result, done_count, len(todo))
+                    if on_shard is not None:
+                        on_shard(marker)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            fleet.shutdown()
+            if bar is not None:
+                bar.close()
+
+    def _check_unique_ids(self, snapshot: sink.Snapshot, shards: list[Shard]) -> None:
+        """Ids from different shards must not collide (within a shard, reading checks)."""
+        if self.spec.source.id_column is None:
+            return  # derived ids are unique by construction
+        import pyarrow.dataset as ds
+
+        snapshot.output.refresh()
+        dataset = ds.dataset(snapshot.root, format="parquet", filesystem=snapshot.fs)
+        ids = dataset.to_table(columns=["id"])["id"]
+        counts = pa.compute.value_counts(ids)
+        duplicates = [item["values"] for item in counts.to_pylist() if item["counts"] > 1]
+        if duplicates:
+            raise ConfigError(
+                f"id column {self.spec.source.id_column!r} has duplicate values across "
+                f"files: {sorted(map(str, duplicates))[:10]}"
+            )
+
+
+def embed_shard(
+    shard: Shard,
+    spec: JobSpec,
+    fleet: EmbeddingFunction,
+    run_id: str,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Read one shard, embed its texts on the fleet, commit part + rejects + marker."""
+    ids: list[str] = []
+    texts: list[str] = []
+    columns: dict[str, list[Any]] = {name: [] for name in spec.source.columns}
+    reject_ids: list[str] = []
+    reasons: list[str] = []
+    rows = 0
+    for piece in sources.read_shard(shard, spec.source):
+        rows += len(piece.ids)
+        for index, text in _accepted(piece, reject_ids, reasons, spec.source.on_empty, shard):
+            ids.append(piece.ids[index])
+            texts.append(text)
+            for name in columns:
+                columns[name].append(piece.columns[name][index])
+    vectors = fleet(texts) if texts else []
+    part = (
+        embeddings_table(ids, texts, vectors, columns=columns, metadata=metadata) if texts else None
+    )
+    rejects = (
+        pa.table(
+            {"id": pa.array(reject_ids, pa.string()), "reason": pa.array(reasons, pa.string())}
+        )
+        if reject_ids
+        else None
+    )
+    output = sink.Output(spec.output.uri, spec.output.storage_options)
+    info = {
+        "relative_path": shard.relative_path,
+        "unit": shard.unit,
+        "start": shard.start,
+        "end": shard.end,
+        "rows": rows,
+        "embedded": len(texts),
+        "rejected": len(reject_ids),
+        "characters": sum(map(len, texts)),
+    }
+    return output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
+
+
+def _accepted(
+    piece: ShardRows, reject_ids: list[str], reasons: list[str], on_empty: str, shard: Shard
+) -> Iterator[tuple[int, str]]:
+    for index, text in enumerate(piece.texts):
+        if text is None or not text.strip():
+            reason = "text is null" if text is None else "text is empty"
+            if on_empty == "error":
+                raise ConfigError(
+                    f"{shard.uri}: row {piece.ids[index]!r}: {reason} (source.on_empty = 'error')"
+                )
+            reject_ids.append(piece.ids[index])
+            reasons.append(reason)
+            continue
+        yield index, text
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True, desc="embedding")
+
+
+def _advance(bar: Any, rows: int, result: JobResult, shards_done: int, shards: int) -> None:
+    if bar is None:
+        return
+    bar.update(rows)
+    bar.set_postfix(shards=f"{shards_done}/{shards}", failed=len(result.failed_shards))
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set ``stop``: the run stops submitting, releases actors and lock.
+
+    ``install`` is called again after ``ray.init``, which sets its own SIGTERM handler.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        logger.warning("signal %d: stopping after cleanup; committed shards stay", signum)
+        self.stop.set()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, self._handle)
+            self.previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()

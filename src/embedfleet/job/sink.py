@@ -1,0 +1,265 @@
+"""The output layout: snapshots of Parquet parts, commit markers, manifest, lock.
+
+::
+
+    OUTPUT/
+      _latest                      relative path of the newest complete snapshot, written last
+      _lock                        lease: owner, expiry (one run at a time)
+      snapshots/<run-id>/
+        _run.json                  run id, fingerprint, planned shards, what made the vectors
+        part-<shard-id>.parquet    one per shard
+        _commits/<shard-id>.json   per-shard commit marker, written after its part
+        _rejects/<shard-id>.parquet  rows not embedded, with id and reason
+        _manifest.json             rolled up from the markers when every shard committed
+
+A part without its commit marker does not exist for resume. Files are written
+in one piece: a temporary name not ending in ``.parquet`` renamed into place on
+local disks, a single put on object stores, so readers never see half a file.
+Names starting with ``_`` are skipped by pyarrow datasets and by
+``*.parquet`` globs, so a snapshot directory reads as a plain Parquet dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+
+from embedfleet.errors import ConfigError, LockedError
+from embedfleet.output import parquet_bytes, write_bytes_atomically
+
+LATEST = "_latest"
+LOCK = "_lock"
+SNAPSHOTS = "snapshots"
+RUN_FILE = "_run.json"
+MANIFEST = "_manifest.json"
+COMMITS = "_commits"
+REJECTS = "_rejects"
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+def new_run_id() -> str:
+    """Sortable by time: 20261124T101500Z-1a2b."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass
+class Lease:
+    owner: str
+    host: str
+    pid: int
+    expires: float
+
+
+class Output:
+    """One job output location (any fsspec URL)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+        self.fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        self.root = root.rstrip("/")
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def refresh(self) -> None:
+        """Forget cached listings: shard tasks in other processes write here."""
+        self.fs.invalidate_cache()
+
+    # ------------------------------------------------------------------ lock
+    def acquire(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Lease:
+        """Take the lease or raise LockedError; a stale or dead owner's lease is taken over."""
+        self.fs.makedirs(self.root, exist_ok=True)
+        current = self.read_lease()
+        if current is not None and not _lease_is_stale(current):
+            raise LockedError(
+                f"{self.uri} is locked by {current.owner} until "
+                f"{_format_time(current.expires)}: another run is writing there. Wait for it, "
+                f"or delete {self.path(LOCK)} if you are sure it is gone."
+            )
+        lease = Lease(
+            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            expires=time.time() + lease_seconds,
+        )
+        self._write_lease(lease)
+        confirmed = self.read_lease()
+        if confirmed is None or confirmed.owner != lease.owner:
+            raise LockedError(f"{self.uri}: another run took the lock at the same moment")
+        return lease
+
+    def renew(self, lease: Lease, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        current = self.read_lease()
+        if current is None or current.owner != lease.owner:
+            raise LockedError(f"{self.uri}: the lock was taken over by {current and current.owner}")
+        lease.expires = time.time() + lease_seconds
+        self._write_lease(lease)
+
+    def release(self, lease: Lease) -> None:
+        current = self.read_lease()
+        if current is not None and current.owner == lease.owner:
+            self.fs.rm(self.path(LOCK))
+
+    def read_lease(self) -> Lease | None:
+        try:
+            data = json.loads(self.fs.cat_file(self.path(LOCK)))
+        except FileNotFoundError:
+            return None
+        return Lease(**data)
+
+    def _write_lease(self, lease: Lease) -> None:
+        blob = json.dumps(lease.__dict__).encode()
+        write_bytes_atomically(self.fs, self.path(LOCK), blob)
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_ids(self) -> list[str]:
+        self.refresh()
+        try:
+            entries = self.fs.ls(self.path(SNAPSHOTS), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+
+    def latest(self) -> str | None:
+        """Run id of the newest complete snapshot, from ``_latest``."""
+        try:
+            relative = self.fs.cat_file(self.path(LATEST)).decode().strip()
+        except FileNotFoundError:
+            return None
+        return relative.rsplit("/", 1)[-1]
+
+    def snapshot(self, run_id: str) -> Snapshot:
+        return Snapshot(self, run_id)
+
+
+class Snapshot:
+    """One run's directory under ``snapshots/``."""
+
+    def __init__(self, output: Output, run_id: str) -> None:
+        self.output = output
+        self.run_id = run_id
+        self.fs = output.fs
+        self.root = output.path(SNAPSHOTS, run_id)
+        self.relative = f"{SNAPSHOTS}/{run_id}"
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def run_info(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.fs.cat_file(self.path(RUN_FILE)))
+        except FileNotFoundError:
+            return None
+
+    def start(self, info: dict[str, Any]) -> None:
+        self.fs.makedirs(self.path(COMMITS), exist_ok=True)
+        write_bytes_atomically(self.fs, self.path(RUN_FILE), json.dumps(info, indent=2).encode())
+
+    def is_complete(self) -> bool:
+        return self.fs.exists(self.path(MANIFEST))
+
+    def commits(self) -> dict[str, dict[str, Any]]:
+        """Commit markers by shard id: the shards that exist for resume."""
+        self.output.refresh()
+        try:
+            paths = self.fs.ls(self.path(COMMITS), detail=False)
+        except FileNotFoundError:
+            return {}
+        markers = {}
+        for path in paths:
+            if path.endswith(".json"):
+                marker = json.loads(self.fs.cat_file(path))
+                markers[marker["shard_id"]] = marker
+        return markers
+
+    def commit_shard(
+        self, shard_id: str, part: pa.Table | None, rejects: pa.Table | None, info: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write the part and rejects, then the marker that makes them exist."""
+        marker = {"shard_id": shard_id, **info, "part": None, "rejects": None}
+        if part is not None and part.num_rows:
+            marker["part"] = f"part-{shard_id}.parquet"
+            write_bytes_atomically(self.fs, self.path(marker["part"]), parquet_bytes(part))
+        if rejects is not None and rejects.num_rows:
+            marker["rejects"] = f"{REJECTS}/{shard_id}.parquet"
+            self.fs.makedirs(self.path(REJECTS), exist_ok=True)
+            write_bytes_atomically(self.fs, self.path(marker["rejects"]), parquet_bytes(rejects))
+        blob = json.dumps(marker, indent=2).encode()
+        write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
+        return marker
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Roll the markers into the manifest, then point ``_latest`` here (last)."""
+        markers = self.commits()
+        manifest = {
+            "run_id": self.run_id,
+            **summary,
+            "shards": [markers[shard] for shard in sorted(markers)],
+        }
+        write_bytes_atomically(
+            self.fs, self.path(MANIFEST), json.dumps(manifest, indent=2).encode()
+        )
+        write_bytes_atomically(self.fs, self.output.path(LATEST), self.relative.encode())
+        return manifest
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.fs.cat_file(self.path(MANIFEST)))
+
+    def remove(self) -> None:
+        self.fs.rm(self.root, recursive=True)
+
+
+def prune(output: Output, keep: int) -> list[str]:
+    """Delete complete snapshots beyond the newest ``keep``, and unfinished ones older
+    than the latest (they can no longer be resumed). Returns the removed run ids."""
+    latest = output.latest()
+    removed = []
+    complete = [run for run in output.snapshot_ids() if output.snapshot(run).is_complete()]
+    for run in complete[:-keep] if keep else complete:
+        if run != latest:
+            output.snapshot(run).remove()
+            removed.append(run)
+    for run in output.snapshot_ids():
+        if latest and run < latest and not output.snapshot(run).is_complete():
+            output.snapshot(run).remove()
+            removed.append(run)
+    return removed
+
+
+def read(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The latest complete snapshot under ``uri`` as a pyarrow dataset."""
+    import pyarrow.dataset as ds
+
+    output = Output(uri, storage_options)
+    output.refresh()
+    latest = output.latest()
+    if latest is None:
+        raise ConfigError(f"{uri} has no complete snapshot yet (no {LATEST} file)")
+    return ds.dataset(output.snapshot(latest).root, format="parquet", filesystem=output.fs)
+
+
+def _lease_is_stale(lease: Lease) -> bool:
+    if lease.expires < time.time():
+        return True
+    if lease.host == socket.gethostname():
+        try:
+            os.kill(lease.pid, 0)
+        except ProcessLookupError:
+            return True  # the owner died on this machine
+        except PermissionError:
+            return False
+    return False
+
+
+def _format_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

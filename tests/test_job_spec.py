@@ -1,0 +1,80 @@
+"""Job specs: the TOML contract, errors naming the key, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedfleet.errors import ConfigError
+from embedfleet.job.spec import JobSpec
+
+MINIMAL = '[source]\nuri = "data.jsonl"\n\n[output]\nuri = "out"\n'
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_quickstart_spec_loads_with_paths_resolved(repo_root):
+    spec = JobSpec.from_toml(repo_root / "jobs/quickstart.toml")
+    assert spec.source.uri == str(repo_root / "jobs/../data/sample/docs.jsonl")
+    assert spec.embedding.provider == "default"
+    assert spec.fleet.replicas == 2 and spec.output.mode == "resume"
+
+
+def test_every_bundled_spec_is_valid(repo_root):
+    for path in sorted((repo_root / "jobs").glob("*.toml")):
+        JobSpec.from_toml(path)
+
+
+def test_defaults_fill_what_the_spec_leaves_out(tmp_path):
+    spec = JobSpec.from_toml(write(tmp_path, MINIMAL))
+    assert spec.source.text_column == "text" and spec.source.on_empty == "reject"
+    assert spec.output.rows_per_shard == 10_000 and spec.output.keep_snapshots == 3
+    assert spec.embedding.provider == "default" and spec.fleet.replicas == 1
+
+
+def test_remote_uris_are_kept_as_they_are(tmp_path):
+    spec = JobSpec.from_toml(
+        write(tmp_path, '[source]\nuri = "s3://b/x/*.parquet"\n[output]\nuri = "memory://o"\n')
+    )
+    assert spec.source.uri == "s3://b/x/*.parquet" and spec.output.uri == "memory://o"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + "[fleet]\nreplica = 2\n", "unknown key 'fleet.replica'"),
+        (
+            MINIMAL.replace('uri = "out"', 'uri = "out"\nrows_per_shard = "many"'),
+            "output.rows_per_shard: expected int, got str",
+        ),
+        (MINIMAL + "[fleet]\nreplicas = true\n", "fleet.replicas: expected int, got bool"),
+        (
+            MINIMAL.replace('uri = "data.jsonl"', 'uri = "d"\ncolumns = ["a", 3]'),
+            r"source.columns\[1\]: expected str",
+        ),
+        ('[source]\nuri = "x"\n', "missing required key '\\[output\\]'"),
+        (MINIMAL + "[extra]\na = 1\n", "unknown key 'extra'"),
+        (MINIMAL.replace('uri = "out"', 'uri = "out"\nmode = "sometimes"'), "output.mode must be"),
+        (
+            MINIMAL.replace('uri = "data.jsonl"', 'uri = "d"\nformat = "xml"'),
+            "source.format must be",
+        ),
+        ("[source\n", "invalid TOML"),
+    ],
+)
+def test_bad_specs_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        JobSpec.from_toml(write(tmp_path, text))
+
+
+def test_fingerprint_changes_with_provider_config_and_columns(tmp_path):
+    spec = JobSpec.from_toml(write(tmp_path, MINIMAL))
+    base = spec.fingerprint("hash", {"dimension": 8})
+    assert base == spec.fingerprint("hash", {"dimension": 8})
+    assert base != spec.fingerprint("hash", {"dimension": 16})
+    assert base != spec.fingerprint("default", {"dimension": 8})
+    spec.source.text_column = "body"
+    assert base != spec.fingerprint("hash", {"dimension": 8})
