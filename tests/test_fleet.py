@@ -271,3 +271,9 @@ def test_local_model_replicas_run_one_batch_at_a_time():
         assert fleet.max_concurrency == 1
         with pytest.raises(BatchFailedError, match="BrokenBarrierError"):
             fleet(["a", "b"])
+
+
+def test_a_model_that_cannot_load_fails_the_fleet_start_not_a_batch(tmp_path):
+    broken = SentenceTransformerEmbeddingFunction(str(tmp_path), precision="fp32")
+    with pytest.raises(FleetStartError, match=r"replica 0 .* failed to start: ModelNotFoundError"):
+        embedfleet.remote(broken, replicas=1, num_cpus=0, max_restarts=0, start_timeout=60)

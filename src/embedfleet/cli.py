@@ -147,8 +147,12 @@ def _run(arguments: argparse.Namespace) -> int:
                 ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
                 ("failed shards", len(result.failed_shards)),
                 ("est. tokens", result.estimated_tokens),
-                ("time", f"{result.seconds:.1f} s"),
-                ("rows/s", f"{result.rows_per_second:.1f}"),
+                ("time", f"{result.seconds:.1f} s ({result.startup_seconds:.1f} s start-up)"),
+                (
+                    "rows/s",
+                    f"{result.rows_per_second:.1f} "
+                    f"({result.steady_rows_per_second:.1f} after start-up)",
+                ),
             ]
         )
     for shard, error in sorted(result.failed_shards.items()):

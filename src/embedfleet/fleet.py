@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import weakref
@@ -97,8 +98,10 @@ class Replica:
 
     def __init__(self, spec: FunctionSpec, threads: int | None) -> None:
         self.function = spec.build()
-        if threads and isinstance(self.function, EmbeddingFunction):
-            self.function.set_num_threads(threads)
+        if isinstance(self.function, EmbeddingFunction):
+            if threads:
+                self.function.set_num_threads(threads)
+            self.function.warm_up()  # a model that cannot load fails the start, not a batch
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -226,11 +229,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 try:
                     placement.append(ray.get(probe))
                 except ray.exceptions.RayActorError as exc:
-                    cause = _cause(exc)
                     raise FleetStartError(
                         f"replica {index} of {self.fleet_name!r} failed to start: "
-                        f"{type(cause).__name__}: {cause}"
-                    ) from cause
+                        f"{_startup_failure(exc)}"
+                    ) from exc
             self.placement = placement
         except FleetStartError:
             _kill_actors(self._actors)
@@ -425,6 +427,21 @@ def _default_num_cpus(function: Any) -> float:
 def _cause(exc: BaseException) -> BaseException:
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def _startup_failure(exc: BaseException) -> str:
+    """'ErrorClass: message' of what a replica's constructor raised.
+
+    Ray keeps only the text of an actor's creation error, so the last line that
+    names an exception is what the user needs (e.g. a ModelNotFoundError)."""
+    text = getattr(exc, "error_msg", "") or str(exc)
+    raised = re.findall(
+        r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception)): (.*)$", text, re.M
+    )
+    if raised:
+        name, message = raised[-1]
+        return f"{name}: {message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _kill_actors(actors: list[Any]) -> None:

@@ -264,6 +264,9 @@ class EmbeddingFunction(ABC):
         for batch in batches:
             yield self.embed_batch(batch, query=query)
 
+    def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to load
+        """Load what the first call would (a model), so start-up errors surface early."""
+
     def set_num_threads(self, threads: int) -> None:  # noqa: B027 - most providers have none
         """Limit the compute threads this function uses (a fleet replica's CPU share)."""
 

@@ -182,6 +182,10 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
     def max_tokens(self) -> int | None:
         return self.model.max_seq_length
 
+    def warm_up(self) -> None:
+        """Load the model now (a fleet replica does this at start-up)."""
+        _ = self.model
+
     def set_num_threads(self, threads: int) -> None:
         """Pin torch's intra-op threads and the tokenizer's pool to ``threads`` cores."""
         import torch

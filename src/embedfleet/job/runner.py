@@ -73,13 +73,24 @@ class JobResult:
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
     estimated_tokens: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
 
     @property
     def rows_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds else 0.0
 
+    @property
+    def steady_rows_per_second(self) -> float:
+        """Throughput once the fleet was up: what a larger job approaches."""
+        working = self.seconds - self.startup_seconds
+        return self.embedded / working if working > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_second": self.rows_per_second}
+        return {
+            **asdict(self),
+            "rows_per_second": self.rows_per_second,
+            "steady_rows_per_second": self.steady_rows_per_second,
+        }
 
 
 class Job:
@@ -159,7 +170,7 @@ class Job:
         signals = _StopOnSignal(stop)
         signals.install()
         try:
-            result = self._run_locked(progress, on_shard, signals)
+            result = self._run_locked(progress, on_shard, signals, started)
         finally:
             signals.restore()
             stop.set()
@@ -181,6 +192,7 @@ class Job:
         progress: bool,
         on_shard: Callable[[dict[str, Any]], None] | None,
         signals: _StopOnSignal,
+        started: float,
     ) -> JobResult:
         stop = signals.stop
         plan = self.plan()
@@ -213,7 +225,9 @@ class Job:
                 result.rejected += marker["rejected"]
                 result.rows_read += marker["rows"]
         if todo:
-            self._embed_shards(todo, snapshot, metadata, result, progress, on_shard, signals)
+            self._embed_shards(
+                todo, snapshot, metadata, result, progress, on_shard, signals, started
+            )
         if stop.is_set():
             raise KeyboardInterrupt
         if not result.failed_shards:
@@ -240,6 +254,7 @@ class Job:
         progress: bool,
         on_shard: Callable[[dict[str, Any]], None] | None,
         signals: _StopOnSignal,
+        started: float,
     ) -> None:
         import ray
 
@@ -261,6 +276,7 @@ class Job:
             batch_size=fleet_spec.batch_size,
             name=f"job:{self.output.uri}",
         )
+        result.startup_seconds = time.perf_counter() - started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
         window = max(2, 2 * fleet_spec.replicas)
         bar = _progress_bar(sum(shard.estimated_rows for shard in todo), progress)
