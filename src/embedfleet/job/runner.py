@@ -276,9 +276,13 @@ class Job:
             batch_size=fleet_spec.batch_size,
             name=f"job:{self.output.uri}",
         )
+        window = max(2, 2 * fleet_spec.replicas)
+        # Start the shard tasks' worker processes now (imports included): part of
+        # start-up, not of the first shards' time.
+        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
+        ray.get([warm.remote() for _ in range(window)])
         result.startup_seconds = time.perf_counter() - started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
-        window = max(2, 2 * fleet_spec.replicas)
         bar = _progress_bar(sum(shard.estimated_rows for shard in todo), progress)
         pending: dict[Any, Shard] = {}
         queue = list(todo)
@@ -344,6 +348,7 @@ def embed_shard(
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """Read one shard, embed its texts on the fleet, commit part + rejects + marker."""
+    started = time.perf_counter()
     ids: list[str] = []
     texts: list[str] = []
     columns: dict[str, list[Any]] = {name: [] for name in spec.source.columns}
@@ -357,7 +362,9 @@ def embed_shard(
             texts.append(text)
             for name in columns:
                 columns[name].append(piece.columns[name][index])
+    read_done = time.perf_counter()
     vectors = fleet(texts) if texts else []
+    embed_done = time.perf_counter()
     part = (
         embeddings_table(ids, texts, vectors, columns=columns, metadata=metadata) if texts else None
     )
@@ -378,8 +385,16 @@ def embed_shard(
         "embedded": len(texts),
         "rejected": len(reject_ids),
         "characters": sum(map(len, texts)),
+        "read_seconds": round(read_done - started, 3),
+        "embed_seconds": round(embed_done - read_done, 3),
     }
-    return output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
+    marker = output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
+    marker["write_seconds"] = round(time.perf_counter() - embed_done, 3)
+    return marker
+
+
+def _warm_worker() -> None:
+    """Nothing to do: running it starts a worker process with the job code imported."""
 
 
 def _accepted(
