@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -232,9 +232,8 @@ def line_batches(
     """
     start, end = span
     by_index = end is None
-    ids: list[str] = []
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    with open_stream(uri, storage_options, compression) as handle:
+
+    def records() -> Iterator[tuple[str, list[Any]]]:
         for offset, index, raw in iter_lines(handle, uri, start, end):
             raw = raw.removeprefix(BOM) if offset == 0 else raw
             where = f"line {index}" if by_index else f"byte offset {offset}"
@@ -244,14 +243,11 @@ def line_batches(
                 continue
             else:
                 record = _json_object(raw, uri, where)
-            ids.append(f"{relative_path}#{index}" if by_index else f"{relative_path}@{offset}")
-            for name in names:
-                columns[name].append(record.get(name))
-            if len(ids) == batch_rows:
-                yield ids, columns
-                ids, columns = [], {name: [] for name in names}
-    if ids:
-        yield ids, columns
+            id_ = f"{relative_path}#{index}" if by_index else f"{relative_path}@{offset}"
+            yield id_, [record.get(name) for name in names]
+
+    with open_stream(uri, storage_options, compression) as handle:
+        yield from _in_batches(records(), names, batch_rows)
 
 
 def csv_batches(
@@ -275,17 +271,31 @@ def csv_batches(
         if missing:
             raise missing_columns_error(uri, missing, header)
         positions = [header.index(name) for name in names]
-        ids: list[str] = []
-        columns: dict[str, list[Any]] = {name: [] for name in names}
-        for record_index, row in enumerate(row for row in rows if row):
-            ids.append(f"{relative_path}#{record_index}")
-            for name, position in zip(names, positions, strict=True):
-                columns[name].append(row[position] if position < len(row) else None)
-            if len(ids) == batch_rows:
-                yield ids, columns
-                ids, columns = [], {name: [] for name in names}
-        if ids:
+        records = (
+            (
+                f"{relative_path}#{record_index}",
+                [row[position] if position < len(row) else None for position in positions],
+            )
+            for record_index, row in enumerate(row for row in rows if row)
+        )
+        yield from _in_batches(records, names, batch_rows)
+
+
+def _in_batches(
+    records: Iterable[tuple[str, list[Any]]], names: Sequence[str], batch_rows: int
+) -> Iterator[RawBatch]:
+    """Group (id, values in ``names`` order) pairs into batches of ``batch_rows``."""
+    ids: list[str] = []
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for id_, values in records:
+        ids.append(id_)
+        for name, value in zip(names, values, strict=True):
+            columns[name].append(value)
+        if len(ids) == batch_rows:
             yield ids, columns
+            ids, columns = [], {name: [] for name in names}
+    if ids:
+        yield ids, columns
 
 
 def parquet_batches(
