@@ -17,6 +17,8 @@ from embedfleet.embedding_functions import (
     Embeddings,
 )
 from embedfleet.errors import (
+    AuthenticationError,
+    BadRequestError,
     BatchFailedError,
     ConfigError,
     EmbeddingOutputError,
@@ -29,6 +31,8 @@ from embedfleet.errors import (
     ModelError,
     ModelIntegrityError,
     ModelNotFoundError,
+    ProviderError,
+    RateLimitError,
     RegistryError,
     SourceReadError,
     TextTooLongError,
@@ -44,6 +48,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AuthenticationError",
+    "BadRequestError",
     "BatchFailedError",
     "ConfigError",
     "Documents",
@@ -63,6 +69,8 @@ __all__ = [
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFoundError",
+    "ProviderError",
+    "RateLimitError",
     "RegistryError",
     "RemoteEmbeddingFunction",
     "SourceReadError",

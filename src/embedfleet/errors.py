@@ -17,6 +17,10 @@ so ``except TypeError`` keeps working for code written against Chroma::
     ├── EmbeddingOutputError              a provider returned a wrong count,
     │                                     dimension or non-finite values
     ├── LockedError                       another run holds the output's lock
+    ├── ProviderError                     an API provider failed (after retries)
+    │   ├── AuthenticationError           401/403: the key is missing, wrong or not allowed
+    │   ├── BadRequestError               400/413/422: the provider refused the input
+    │   └── RateLimitError                429 past every retry
     ├── SourceReadError                   a source file cannot be opened or parsed
     └── FleetError                        a fleet of Ray actors failed
         ├── FleetStartError               replicas could not be placed or built
@@ -29,6 +33,8 @@ original cause stays attached.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "BadRequestError",
     "BatchFailedError",
     "ConfigError",
     "EmbeddingOutputError",
@@ -41,6 +47,8 @@ __all__ = [
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFoundError",
+    "ProviderError",
+    "RateLimitError",
     "RegistryError",
     "SourceReadError",
     "TextTooLongError",
@@ -102,6 +110,26 @@ class LockedError(EmbedfleetError):
 class SourceReadError(EmbedfleetError):
     """A source file cannot be opened, decompressed or parsed (corrupt Parquet, invalid JSON or
     UTF-8); the message names the file, so one bad file fails only its own shards."""
+
+
+class ProviderError(EmbedfleetError):
+    """An API provider answered with an error, or not at all, after every retry."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(ProviderError):
+    """The provider refused the credentials (401/403); never retried."""
+
+
+class BadRequestError(ProviderError):
+    """The provider refused the input (400/413/422); never retried."""
+
+
+class RateLimitError(ProviderError):
+    """The provider kept answering 429 until retries ran out."""
 
 
 class FleetError(EmbedfleetError):

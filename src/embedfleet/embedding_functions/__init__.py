@@ -15,6 +15,8 @@ from embedfleet.embedding_functions.base import (
     Requirement,
     validate_documents,
 )
+from embedfleet.embedding_functions.http import HttpEmbeddingFunction
+from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
     build,
@@ -39,6 +41,8 @@ __all__ = [
     "EmbeddingStats",
     "Embeddings",
     "HashEmbeddingFunction",
+    "HttpEmbeddingFunction",
+    "HuggingFaceEmbeddingServer",
     "InstructorEmbeddingFunction",
     "Requirement",
     "SentenceTransformerEmbeddingFunction",

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import ConfigError, EmbedfleetError
+from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
 from embedfleet.job import sink, sources
 from embedfleet.job.sources import Shard, ShardRows
 from embedfleet.job.spec import JobSpec
@@ -363,7 +363,14 @@ def embed_shard(
             for name in columns:
                 columns[name].append(piece.columns[name][index])
     read_done = time.perf_counter()
-    vectors = fleet(texts) if texts else []
+    vectors, refused = embed_or_isolate(fleet, texts)
+    if refused:  # poison rows: rejected with the provider's message, the rest kept
+        keep = [index for index in range(len(texts)) if index not in refused]
+        for index, reason in sorted(refused.items()):
+            reject_ids.append(ids[index])
+            reasons.append(reason)
+        ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
+        columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     embed_done = time.perf_counter()
     part = (
         embeddings_table(ids, texts, vectors, columns=columns, metadata=metadata) if texts else None
@@ -391,6 +398,29 @@ def embed_shard(
     marker = output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
     marker["write_seconds"] = round(time.perf_counter() - embed_done, 3)
     return marker
+
+
+def embed_or_isolate(
+    function: EmbeddingFunction, texts: list[str]
+) -> tuple[list[Any], dict[int, str]]:
+    """Embed ``texts``; if the provider refuses a batch as bad input, halve it until
+    the refused rows are found. Returns vectors (None for refused rows) and, per
+    refused row index, the provider's message."""
+    if not texts:
+        return [], {}
+    try:
+        return list(function(texts)), {}
+    except EmbedfleetError as exc:
+        cause = getattr(exc, "cause", exc)
+        if not isinstance(cause, BadRequestError):
+            raise
+        if len(texts) == 1:
+            return [None], {0: f"refused by the provider: {cause}"}
+    middle = len(texts) // 2
+    left, left_refused = embed_or_isolate(function, texts[:middle])
+    right, right_refused = embed_or_isolate(function, texts[middle:])
+    refused = {**left_refused, **{middle + index: why for index, why in right_refused.items()}}
+    return left + right, refused
 
 
 def _warm_worker() -> None:

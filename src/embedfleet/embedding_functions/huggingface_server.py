@@ -1,0 +1,67 @@
+"""A Hugging Face text-embeddings-inference (TEI) server: ``POST /embed``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedfleet.embedding_functions.base import Documents
+from embedfleet.embedding_functions.http import HttpEmbeddingFunction
+from embedfleet.embedding_functions.registry import register
+from embedfleet.errors import ProviderError
+
+
+@register("huggingface_server")
+class HuggingFaceEmbeddingServer(HttpEmbeddingFunction):
+    """TEI's native route. ``url`` is the full endpoint (``http://host:8080/embed``).
+
+    Body ``{"inputs": [...], "normalize": bool, "truncate": bool}``; answer: one
+    list of floats per input. TEI's default ``--max-client-batch-size`` is 32.
+    """
+
+    max_inputs_per_request = 32
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key_env_var: str | None = None,
+        api_key: str | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        retry_backoff_seconds: float = 0.5,
+        batch_size: int = 32,
+        on_long: str = "truncate",
+    ) -> None:
+        super().__init__(
+            api_base=url,
+            api_key_env_var=api_key_env_var,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff_seconds=retry_backoff_seconds,
+            batch_size=batch_size,
+            on_long=on_long,
+        )
+        self.normalize = normalize
+        self.truncate = truncate
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        return {
+            "url": config.pop("api_base"),
+            **config,
+            "normalize": self.normalize,
+            "truncate": self.truncate,
+        }
+
+    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
+        return "", {"inputs": texts, "normalize": self.normalize, "truncate": self.truncate}
+
+    def vectors(self, payload: Any) -> list[list[float]]:
+        if not isinstance(payload, list):
+            raise ProviderError(
+                f"TEI answered {type(payload).__name__}, expected a list of vectors"
+            )
+        return payload

@@ -1,0 +1,27 @@
+"""Hugging Face text-embeddings-inference: POST /embed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedfleet.testing import HashEmbeddingFunction
+
+MAX_CLIENT_BATCH_SIZE = 32
+_vectors = HashEmbeddingFunction(dimension=16, query_prefix="")
+
+
+def expected_vectors(texts: list[str]) -> list[list[float]]:
+    return [vector.tolist() for vector in _vectors(texts)]
+
+
+def answer(path: str, body: Any) -> tuple[int, Any]:
+    """TEI's documented shapes: a list of vectors, or {"error", "error_type"}."""
+    if path != "/embed" or not isinstance(body, dict) or "inputs" not in body:
+        return 422, {"error": "missing field `inputs`", "error_type": "Validation"}
+    inputs = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+    if len(inputs) > MAX_CLIENT_BATCH_SIZE:
+        message = f"batch size {len(inputs)} > maximum allowed batch size {MAX_CLIENT_BATCH_SIZE}"
+        return 413, {"error": message, "error_type": "Validation"}
+    if any(text == "POISON" for text in inputs):
+        return 400, {"error": "input is not allowed", "error_type": "Validation"}
+    return 200, expected_vectors(inputs)

@@ -1,0 +1,172 @@
+"""HTTP providers over real HTTP against fakes on 127.0.0.1: wire format, batching
+at the provider's limit, retries, typed errors, keys that never leak."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("httpx")
+
+from embedfleet.embedding_functions import HuggingFaceEmbeddingServer, build
+from embedfleet.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ProviderError,
+    RateLimitError,
+)
+from tests.fakes import tei
+from tests.fakes.server import FakeServer, Fault
+
+CANARY = "sk-canary-7f3e-never-print-me"
+TEXTS = [f"text number {index} " * (1 + index % 3) for index in range(70)]
+
+
+@pytest.fixture
+def tei_server():
+    server = FakeServer(tei.answer, api_key=CANARY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ef(tei_server, monkeypatch):
+    monkeypatch.setenv("TEI_TEST_KEY", CANARY)
+    return HuggingFaceEmbeddingServer(
+        f"{tei_server.url}/embed", api_key_env_var="TEI_TEST_KEY", retry_backoff_seconds=0.01
+    )
+
+
+def test_documents_are_embedded_over_http_in_order(ef, tei_server):
+    vectors = ef(TEXTS)
+    np.testing.assert_allclose(np.stack(vectors), tei.expected_vectors(TEXTS), rtol=1e-6)
+    first = tei_server.requests[0]
+    assert first.path == "/embed" and first.headers["Authorization"] == f"Bearer {CANARY}"
+    assert first.body["normalize"] is True and first.body["truncate"] is True
+
+
+def test_requests_are_split_at_the_documented_batch_limit(ef, tei_server):
+    ef.batch_size = 100
+    ef(TEXTS)
+    sizes = [len(request.body["inputs"]) for request in tei_server.requests]
+    assert max(sizes) == tei.MAX_CLIENT_BATCH_SIZE and sum(sizes) == len(TEXTS)
+
+
+def test_429_is_retried_after_the_servers_delay(ef, tei_server):
+    tei_server.faults.extend([Fault(429, b'{"error":"busy"}', {"retry-after-ms": "20"})] * 2)
+    waits = []
+    ef._sleep = waits.append
+    assert len(ef(["a", "b"])) == 2
+    assert waits == [0.02, 0.02] and len(tei_server.requests) == 3
+
+
+def test_500_and_truncated_json_are_retried_with_backoff(ef, tei_server):
+    tei_server.faults.extend([Fault(500, b"oops"), Fault(200, b"[[0.1, 0.2")])
+    waits = []
+    ef._sleep = waits.append
+    np.testing.assert_allclose(ef(["a"])[0], tei.expected_vectors(["a"])[0], rtol=1e-6)
+    assert len(waits) == 2 and all(0 < wait <= 0.02 for wait in waits)
+
+
+def test_retries_run_out_into_a_typed_error(ef, tei_server):
+    ef.max_retries = 2
+    ef._sleep = lambda seconds: None
+    tei_server.faults.extend([Fault(429, b'{"error":"slow down"}')] * 3)
+    with pytest.raises(RateLimitError, match="429 after 3 tries") as caught:
+        ef(["a"])
+    assert caught.value.status == 429
+    tei_server.faults.extend([Fault(503, b"down")] * 3)
+    with pytest.raises(ProviderError, match="503 after 3 tries"):
+        ef(["b"])
+
+
+def test_401_is_not_retried_and_names_the_variable(ef, tei_server, monkeypatch):
+    monkeypatch.setenv("TEI_TEST_KEY", "sk-wrong-key")
+    with pytest.raises(AuthenticationError, match="check TEI_TEST_KEY"):
+        ef(["a"])
+    assert len(tei_server.requests) == 1
+
+
+def test_bad_input_is_not_retried(ef, tei_server):
+    with pytest.raises(BadRequestError, match=r"refused the input \(400\).*not allowed"):
+        ef(["fine", "POISON"])
+    assert len(tei_server.requests) == 1
+
+
+def test_a_wrong_number_of_vectors_is_an_error_not_a_gap(ef, tei_server):
+    tei_server.faults.append(Fault(200, json.dumps([[0.1, 0.2]]).encode()))
+    with pytest.raises(ProviderError, match="got 1 vectors for 2 texts"):
+        ef(["a", "b"])
+
+
+def test_a_missing_key_names_the_variable_to_set(tei_server, monkeypatch):
+    monkeypatch.delenv("TEI_MISSING_KEY", raising=False)
+    ef = HuggingFaceEmbeddingServer(f"{tei_server.url}/embed", api_key_env_var="TEI_MISSING_KEY")
+    with pytest.raises(ConfigError, match="set the environment variable TEI_MISSING_KEY"):
+        ef(["a"])
+
+
+def test_the_key_never_appears_in_config_repr_or_errors(tei_server, monkeypatch):
+    ef = HuggingFaceEmbeddingServer(
+        f"{tei_server.url}/embed", api_key=CANARY, max_retries=0, retry_backoff_seconds=0.01
+    )
+    assert CANARY not in json.dumps(ef.get_config()) and CANARY not in repr(ef)
+    echo = json.dumps({"error": f"bad key {CANARY}"}).encode()
+    tei_server.faults.extend([Fault(401, echo), Fault(500, echo)])
+    for error in (AuthenticationError, ProviderError):
+        with pytest.raises(error) as caught:
+            ef(["a"])
+        assert CANARY not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_config_round_trip_rebuilds_the_same_function(ef):
+    rebuilt = build("huggingface_server", json.loads(json.dumps(ef.get_config())))
+    assert rebuilt.get_config() == ef.get_config()
+    np.testing.assert_array_equal(np.stack(rebuilt(["x", "y"])), np.stack(ef(["x", "y"])))
+
+
+def test_unreachable_server_is_a_provider_error_after_retries():
+    ef = HuggingFaceEmbeddingServer(
+        "http://127.0.0.1:9/embed", max_retries=1, retry_backoff_seconds=0.01, timeout=2
+    )
+    with pytest.raises(ProviderError, match="unreachable after 2 tries"):
+        ef(["a"])
+
+
+def test_a_job_sends_poison_rows_to_rejects_and_embeds_the_rest(local_ray, tmp_path):
+    import embedfleet
+    from embedfleet.job import Job, JobSpec
+
+    server = FakeServer(tei.answer)  # no key: local Ray workers keep the driver's old env
+    try:
+        rows = [{"id": f"r{index}", "text": f"row {index}"} for index in range(40)]
+        rows[17]["text"] = "POISON"
+        source = tmp_path / "rows.jsonl"
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        spec = JobSpec.from_dict(
+            {
+                "source": {"uri": str(source), "id_column": "id"},
+                "embedding": {
+                    "provider": "huggingface_server",
+                    "config": {"url": f"{server.url}/embed", "retry_backoff_seconds": 0.01},
+                },
+                "fleet": {"replicas": 2},
+                "output": {"uri": str(tmp_path / "out"), "rows_per_shard": 1000},
+            }
+        )
+        result = Job(spec).run(progress=False)
+    finally:
+        server.stop()
+    assert result.complete and (result.embedded, result.rejected) == (39, 1)
+    table = embedfleet.read(str(tmp_path / "out")).to_table()
+    vectors = dict(zip(table["id"].to_pylist(), table["embedding"].to_pylist(), strict=True))
+    assert "r17" not in vectors and len(vectors) == 39
+    np.testing.assert_allclose(vectors["r3"], tei.expected_vectors(["row 3"])[0], rtol=1e-6)
+    import pyarrow.parquet as pq
+
+    (rejects_file,) = (tmp_path / "out").glob("snapshots/*/_rejects/*.parquet")
+    rejects = pq.read_table(rejects_file).to_pylist()
+    assert rejects[0]["id"] == "r17" and "input is not allowed" in rejects[0]["reason"]
