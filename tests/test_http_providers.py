@@ -44,7 +44,7 @@ def test_documents_are_embedded_over_http_in_order(ef, tei_server):
     vectors = ef(TEXTS)
     np.testing.assert_allclose(np.stack(vectors), tei.expected_vectors(TEXTS), rtol=1e-6)
     first = tei_server.requests[0]
-    assert first.path == "/embed" and first.headers["Authorization"] == f"Bearer {CANARY}"
+    assert first.path == "/embed" and first.headers["authorization"] == f"Bearer {CANARY}"
     assert first.body["normalize"] is True and first.body["truncate"] is True
 
 
@@ -170,3 +170,87 @@ def test_a_job_sends_poison_rows_to_rejects_and_embeds_the_rest(local_ray, tmp_p
     (rejects_file,) = (tmp_path / "out").glob("snapshots/*/_rejects/*.parquet")
     rejects = pq.read_table(rejects_file).to_pylist()
     assert rejects[0]["id"] == "r17" and "input is not allowed" in rejects[0]["reason"]
+
+
+# ---------------------------------------------------------------- OpenAI, through the SDK
+from embedfleet.embedding_functions import OpenAIEmbeddingFunction  # noqa: E402
+from tests.fakes import openai_api  # noqa: E402
+
+
+@pytest.fixture
+def openai_server():
+    server = FakeServer(openai_api.answer, api_key=CANARY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_ef(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_TEST_KEY", CANARY)
+
+    def make(**options):
+        return OpenAIEmbeddingFunction(
+            "text-embedding-3-small",
+            api_base=f"{openai_server.url}/v1",
+            api_key_env_var="OPENAI_TEST_KEY",
+            retry_backoff_seconds=0.01,
+            **options,
+        )
+
+    return make
+
+
+@pytest.mark.parametrize("encoding_format", ["base64", "float"])
+def test_openai_embeds_over_the_sdk_in_both_encodings(openai_ef, openai_server, encoding_format):
+    ef = openai_ef(encoding_format=encoding_format, dimensions=12)
+    vectors = ef(TEXTS[:5])
+    np.testing.assert_allclose(np.stack(vectors), openai_api.expected_vectors(TEXTS[:5]), rtol=1e-6)
+    request = openai_server.requests[0]
+    assert request.path == "/v1/embeddings"
+    assert request.headers["authorization"] == f"Bearer {CANARY}"
+    assert request.body["model"] == "text-embedding-3-small"
+    assert request.body["encoding_format"] == encoding_format and request.body["dimensions"] == 12
+
+
+def test_openai_retries_once_in_the_shared_layer_not_in_the_sdk(openai_ef, openai_server):
+    ef = openai_ef()
+    waits = []
+    ef._sleep = waits.append
+    openai_server.faults.extend(
+        [Fault(429, b'{"error": {"message": "slow"}}', {"retry-after-ms": "30"})]
+    )
+    assert len(ef(["a"])) == 1
+    assert waits == [0.03] and len(openai_server.requests) == 2
+
+
+def test_openai_401_is_an_authentication_error_without_the_key(
+    openai_ef, openai_server, monkeypatch
+):
+    monkeypatch.setenv("OPENAI_TEST_KEY", "sk-wrong-" + CANARY[::-1])
+    ef = openai_ef()
+    with pytest.raises(AuthenticationError, match="check OPENAI_TEST_KEY") as caught:
+        ef(["a"])
+    assert len(openai_server.requests) == 1 and CANARY[::-1] not in str(caught.value)
+
+
+def test_openai_bad_input_is_a_bad_request_error(openai_ef):
+    with pytest.raises(BadRequestError, match="input is not allowed"):
+        openai_ef()(["POISON"])
+
+
+def test_azure_requests_go_to_the_deployment_with_the_api_version(openai_server, monkeypatch):
+    monkeypatch.setenv("AZURE_TEST_KEY", CANARY)
+    ef = OpenAIEmbeddingFunction(
+        "text-embedding-3-small",
+        api_type="azure",
+        api_base=openai_server.url,
+        api_version="2024-10-21",
+        deployment_id="my-embeddings",
+        api_key_env_var="AZURE_TEST_KEY",
+    )
+    openai_server.api_key = None  # Azure sends the key as api-key, not a bearer token
+    assert len(ef(["a", "b"])) == 2
+    request = openai_server.requests[0]
+    assert request.path.startswith("/openai/deployments/my-embeddings/embeddings")
+    assert "api-version=2024-10-21" in request.path
+    assert request.headers["api-key"] == CANARY

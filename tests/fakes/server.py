@@ -20,7 +20,7 @@ from typing import Any
 @dataclass
 class Recorded:
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: Any
 
 
@@ -54,7 +54,8 @@ class FakeServer:
                 except ValueError:
                     body = None
                 with server._lock:
-                    server.requests.append(Recorded(self.path, dict(self.headers), body))
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    server.requests.append(Recorded(self.path, headers, body))
                     fault = server.faults.popleft() if server.faults else None
                 if fault is not None:
                     return self._send(fault.status, fault.body, fault.headers)

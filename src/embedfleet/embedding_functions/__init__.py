@@ -17,6 +17,7 @@ from embedfleet.embedding_functions.base import (
 )
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction
 from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
+from embedfleet.embedding_functions.openai_embeddings import OpenAIEmbeddingFunction
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
     build,
@@ -44,6 +45,7 @@ __all__ = [
     "HttpEmbeddingFunction",
     "HuggingFaceEmbeddingServer",
     "InstructorEmbeddingFunction",
+    "OpenAIEmbeddingFunction",
     "Requirement",
     "SentenceTransformerEmbeddingFunction",
     "build",

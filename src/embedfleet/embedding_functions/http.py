@@ -162,55 +162,65 @@ class HttpEmbeddingFunction(EmbeddingFunction):
             return self._client
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST JSON through httpx under the shared retry policy."""
         import httpx
 
         url = f"{self.api_base}/{path}" if path else self.api_base
         headers = self.headers()
-        name = type(self).__name__
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
+
+        def send() -> Any:
             try:
                 response = self._http().post(url, json=body, headers=headers)
             except httpx.TransportError as exc:  # timeouts and connection errors
-                if last:
-                    raise ProviderError(
-                        f"{name}: {url} unreachable after {attempt + 1} tries: "
-                        f"{type(exc).__name__}: {self._redact(str(exc))}"
-                    ) from exc
-                self._sleep(self._backoff(attempt))
-                continue
-            status = response.status_code
-            if status < 300:
-                try:
-                    return response.json()
-                except ValueError as exc:
-                    if last:
-                        raise ProviderError(
-                            f"{name}: {url} answered unreadable JSON", status=status
-                        ) from exc
-                    self._sleep(self._backoff(attempt))
+                raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code >= 300:
+                raise HttpFailure(response.status_code, response.headers, response.text[:500])
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise HttpFailure(response.status_code, {}, "unreadable JSON") from exc
+
+        return self.with_retries(send, url)
+
+    def with_retries(self, send: Any, url: str) -> Any:
+        """Call ``send()`` until it succeeds, retrying what is worth retrying.
+
+        ``send`` raises :class:`HttpFailure` for any failed attempt; this loop
+        alone decides what is retried, how long to wait and which error to raise.
+        """
+        name = type(self).__name__
+        for attempt in range(self.max_retries + 1):
+            try:
+                return send()
+            except HttpFailure as failure:
+                status, detail = failure.status, self._redact(failure.detail)
+                retryable = status is None or status < 300 or status in RETRY_STATUSES
+                retryable = retryable or status >= 500
+                if retryable and attempt < self.max_retries:
+                    wait = _retry_after(failure.headers) if status else None
+                    self._sleep(wait if wait is not None else self._backoff(attempt))
                     continue
-            detail = self._redact(response.text[:500])
-            if status in RETRY_STATUSES or status >= 500:
-                if last:
+                where = f"{name}: {url}"
+                if status is None:
+                    message = f"{where} unreachable after {attempt + 1} tries: {detail}"
+                    raise ProviderError(message) from failure
+                if retryable:
                     error = RateLimitError if status == 429 else ProviderError
-                    raise error(
-                        f"{name}: {url} answered {status} after {attempt + 1} tries: {detail}",
+                    message = f"{where} answered {status} after {attempt + 1} tries: {detail}"
+                    raise error(message, status=status) from failure
+                if status in AUTH_STATUSES:
+                    variable = self.api_key_env_var or "the api_key argument"
+                    raise AuthenticationError(
+                        f"{where} refused the credentials ({status}); check {variable}: {detail}",
                         status=status,
-                    )
-                self._sleep(_retry_after(response) or self._backoff(attempt))
-                continue
-            if status in AUTH_STATUSES:
-                variable = self.api_key_env_var or "the api_key argument"
-                raise AuthenticationError(
-                    f"{name}: {url} refused the credentials ({status}); check {variable}: {detail}",
-                    status=status,
-                )
-            if status in BAD_INPUT_STATUSES:
-                raise BadRequestError(
-                    f"{name}: {url} refused the input ({status}): {detail}", status=status
-                )
-            raise ProviderError(f"{name}: {url} answered {status}: {detail}", status=status)
+                    ) from failure
+                if status in BAD_INPUT_STATUSES:
+                    raise BadRequestError(
+                        f"{where} refused the input ({status}): {detail}", status=status
+                    ) from failure
+                raise ProviderError(
+                    f"{where} answered {status}: {detail}", status=status
+                ) from failure
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _backoff(self, attempt: int) -> float:
@@ -228,15 +238,25 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         return text.replace(key, "***") if key else text
 
 
-def _retry_after(response: Any) -> float | None:
+class HttpFailure(Exception):
+    """One failed attempt: ``status`` None for no answer (timeout, connection)."""
+
+    def __init__(self, status: int | None, headers: Any, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.headers = headers
+        self.detail = detail
+
+
+def _retry_after(headers: Any) -> float | None:
     """Seconds the server asked us to wait: retry-after-ms, then Retry-After."""
-    milliseconds = response.headers.get("retry-after-ms")
+    milliseconds = headers.get("retry-after-ms")
     if milliseconds:
         try:
             return max(0.0, float(milliseconds) / 1000)
         except ValueError:
             pass
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:

@@ -1,0 +1,154 @@
+"""OpenAI, Azure OpenAI and OpenAI-compatible servers, through the official SDK.
+
+The SDK's own retries are off (``max_retries=0``): retries happen once, in the
+shared HTTP layer, which maps the SDK's exceptions like any other HTTP failure.
+Vectors are requested base64-encoded (a quarter of the bytes of JSON floats)
+unless ``encoding_format="float"``; both are decoded here.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents, Requirement
+from embedfleet.embedding_functions.http import API_INSTALL_HINT, HttpEmbeddingFunction, HttpFailure
+from embedfleet.embedding_functions.registry import register
+from embedfleet.errors import ConfigError, ProviderError
+
+
+@register("openai")
+class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
+    """``/embeddings`` of OpenAI, Azure OpenAI (``api_type="azure"``) or any
+    OpenAI-compatible server (vLLM, Ollama, LM Studio, TEI's ``/v1``) via ``api_base``."""
+
+    requirements = (Requirement("openai", API_INSTALL_HINT),)
+    max_inputs_per_request = 2048  # OpenAI's documented limit per request
+    default_api_base = "https://api.openai.com/v1"
+
+    def __init__(
+        self,
+        model_name: str = "text-embedding-3-small",
+        *,
+        api_key_env_var: str = "OPENAI_API_KEY",
+        api_key: str | None = None,
+        api_base: str | None = None,
+        dimensions: int | None = None,
+        organization_id: str | None = None,
+        default_headers: dict[str, str] | None = None,
+        api_type: str | None = None,
+        api_version: str | None = None,
+        deployment_id: str | None = None,
+        encoding_format: str = "base64",
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        retry_backoff_seconds: float = 0.5,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_long: str = "truncate",
+    ) -> None:
+        if api_type not in (None, "azure"):
+            raise ConfigError(f"api_type must be None or 'azure', got {api_type!r}")
+        if api_type == "azure" and not (api_base and api_version):
+            raise ConfigError("api_type='azure' needs api_base (the endpoint) and api_version")
+        if encoding_format not in ("base64", "float"):
+            raise ConfigError(
+                f"encoding_format must be 'base64' or 'float', got {encoding_format!r}"
+            )
+        super().__init__(
+            api_base=api_base,
+            api_key_env_var=api_key_env_var,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff_seconds=retry_backoff_seconds,
+            batch_size=batch_size,
+            on_long=on_long,
+        )
+        self.model_name = model_name
+        self.dimensions = dimensions
+        self.organization_id = organization_id
+        self.default_headers = dict(default_headers or {})
+        self.api_type = api_type
+        self.api_version = api_version
+        self.deployment_id = deployment_id
+        self.encoding_format = encoding_format
+        self._sdk: Any = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            **super().get_config(),
+            "dimensions": self.dimensions,
+            "organization_id": self.organization_id,
+            "default_headers": self.default_headers,
+            "api_type": self.api_type,
+            "api_version": self.api_version,
+            "deployment_id": self.deployment_id,
+            "encoding_format": self.encoding_format,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_sdk"] = None
+        return state
+
+    def _client_sdk(self) -> Any:
+        with self._client_lock:
+            if self._sdk is None:
+                import openai
+
+                common = {
+                    "api_key": self.api_key(),
+                    "organization": self.organization_id,
+                    "default_headers": self.default_headers or None,
+                    "timeout": self.timeout,
+                    "max_retries": 0,  # retries live in the shared layer
+                }
+                if self.api_type == "azure":
+                    self._sdk = openai.AzureOpenAI(
+                        azure_endpoint=self.api_base,
+                        api_version=self.api_version,
+                        azure_deployment=self.deployment_id,
+                        **common,
+                    )
+                else:
+                    self._sdk = openai.OpenAI(base_url=self.api_base, **common)
+            return self._sdk
+
+    def embed_batch(self, texts: Documents, *, query: bool = False) -> list[Any]:
+        vectors: list[Any] = []
+        for start in range(0, len(texts), self.max_inputs_per_request):
+            chunk = texts[start : start + self.max_inputs_per_request]
+            response = self.with_retries(lambda chunk=chunk: self._create(chunk), self.api_base)
+            data = sorted(response.data, key=lambda item: item.index)
+            if len(data) != len(chunk):
+                raise ProviderError(
+                    f"OpenAIEmbeddingFunction got {len(data)} vectors for {len(chunk)} texts "
+                    f"from {self.api_base}"
+                )
+            vectors.extend(_decode(item.embedding) for item in data)
+        return vectors
+
+    def _create(self, chunk: Documents) -> Any:
+        import openai
+
+        options: dict[str, Any] = {"encoding_format": self.encoding_format}
+        if self.dimensions is not None:
+            options["dimensions"] = self.dimensions
+        try:
+            return self._client_sdk().embeddings.create(
+                input=chunk, model=self.deployment_id or self.model_name, **options
+            )
+        except openai.APIStatusError as exc:
+            raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from exc
+        except openai.APIConnectionError as exc:
+            raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _decode(embedding: Any) -> Any:
+    """A vector as floats: base64 of little-endian float32, or already a list."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return embedding
