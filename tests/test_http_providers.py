@@ -254,3 +254,47 @@ def test_azure_requests_go_to_the_deployment_with_the_api_version(openai_server,
     assert request.path.startswith("/openai/deployments/my-embeddings/embeddings")
     assert "api-version=2024-10-21" in request.path
     assert request.headers["api-key"] == CANARY
+
+
+# ---------------------------------------------------------------- Cohere v2
+from embedfleet.embedding_functions import CohereEmbeddingFunction  # noqa: E402
+from tests.fakes import cohere  # noqa: E402
+
+
+@pytest.fixture
+def cohere_server():
+    server = FakeServer(cohere.answer, api_key=CANARY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cohere_ef(cohere_server, monkeypatch):
+    monkeypatch.setenv("COHERE_TEST_KEY", CANARY)
+    return CohereEmbeddingFunction(
+        api_base=f"{cohere_server.url}/v2", api_key_env_var="COHERE_TEST_KEY", batch_size=500
+    )
+
+
+def test_cohere_documents_and_queries_use_their_input_types(cohere_ef, cohere_server):
+    documents = cohere_ef(TEXTS[:4])
+    queries = cohere_ef.embed_query(TEXTS[:4])
+    expected_documents = cohere.expected_vectors(TEXTS[:4], "search_document")
+    np.testing.assert_allclose(np.stack(documents), expected_documents, rtol=1e-6)
+    expected_queries = cohere.expected_vectors(TEXTS[:4], "search_query")
+    np.testing.assert_allclose(np.stack(queries), expected_queries, rtol=1e-6)
+    first = cohere_server.requests[0].body
+    assert first["model"] == "embed-v4.0" and first["embedding_types"] == ["float"]
+    assert first["truncate"] == "END"
+
+
+def test_cohere_requests_hold_at_most_96_texts(cohere_ef, cohere_server):
+    texts = [f"t{index}" for index in range(200)]
+    assert len(cohere_ef(texts)) == 200
+    assert [len(request.body["texts"]) for request in cohere_server.requests] == [96, 96, 8]
+
+
+def test_cohere_wrong_key_is_an_authentication_error(cohere_ef, monkeypatch):
+    monkeypatch.setenv("COHERE_TEST_KEY", "wrong")
+    with pytest.raises(AuthenticationError, match="check COHERE_TEST_KEY"):
+        cohere_ef(["a"])

@@ -15,6 +15,7 @@ from embedfleet.embedding_functions.base import (
     Requirement,
     validate_documents,
 )
+from embedfleet.embedding_functions.cohere import CohereEmbeddingFunction
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction
 from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
 from embedfleet.embedding_functions.openai_embeddings import OpenAIEmbeddingFunction
@@ -35,6 +36,7 @@ from embedfleet.testing import HashEmbeddingFunction
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "CohereEmbeddingFunction",
     "DefaultEmbeddingFunction",
     "Documents",
     "Embedding",
