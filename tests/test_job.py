@@ -274,7 +274,7 @@ def committed(output: Path) -> int:
 
 
 def test_resume_after_sigkill_gives_the_same_snapshot_as_an_uninterrupted_run(tmp_path):
-    write_jsonl(tmp_path / "data.jsonl", rows(200))
+    write_jsonl(tmp_path / "data.jsonl", rows(400))
     output = tmp_path / "killed"
     process = run_cli_job(tmp_path, output, delay=0.2)
     wait_for(lambda: committed(output) >= 2, 120, "two committed shards")
@@ -286,20 +286,20 @@ def test_resume_after_sigkill_gives_the_same_snapshot_as_an_uninterrupted_run(tm
     resumed = run_cli_job(tmp_path, output, delay=0.2)
     assert resumed.wait(timeout=300) == EXIT_OK, resumed.stderr.read()
     markers = [json.loads(path.read_text()) for path in output.glob("snapshots/*/_commits/*.json")]
-    assert len(markers) == 10 and before < 10
+    assert len(markers) == 20 and before < 20
     assert len(list(output.glob("snapshots/*"))) == 1  # the same snapshot was continued
 
     table = embedfleet.read(str(output)).to_table()
     ids = table["id"].to_pylist()
-    assert sorted(ids) == sorted(f"r{index}" for index in range(200)) and len(set(ids)) == 200
-    reference = HashEmbeddingFunction(dimension=8)([f"document number {i}" for i in range(200)])
+    assert sorted(ids) == sorted(f"r{index}" for index in range(400)) and len(set(ids)) == 400
+    reference = HashEmbeddingFunction(dimension=8)([f"document number {i}" for i in range(400)])
     got = vectors_by_id(table)
     for index, vector in enumerate(reference):
         np.testing.assert_allclose(got[f"r{index}"], vector, atol=1e-6)
 
 
 def test_sigterm_stops_cleanly_releasing_the_lock_and_stays_resumable(tmp_path):
-    write_jsonl(tmp_path / "data.jsonl", rows(200))
+    write_jsonl(tmp_path / "data.jsonl", rows(400))
     output = tmp_path / "stopped"
     process = run_cli_job(tmp_path, output, delay=0.2)
     wait_for(lambda: committed(output) >= 1, 120, "a committed shard")
@@ -309,7 +309,7 @@ def test_sigterm_stops_cleanly_releasing_the_lock_and_stays_resumable(tmp_path):
     assert not (output / "_latest").exists()
     resumed = run_cli_job(tmp_path, output, delay=0.2)
     assert resumed.wait(timeout=300) == EXIT_OK
-    assert embedfleet.read(str(output)).count_rows() == 200
+    assert embedfleet.read(str(output)).count_rows() == 400
 
 
 def test_plan_and_status_commands(tmp_path, capsys):
