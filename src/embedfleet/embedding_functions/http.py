@@ -2,7 +2,8 @@
 
 An HTTP provider describes its wire format with two small hooks: ``request(texts,
 query)`` returns the path and JSON body of one request, and ``vectors(payload)``
-reads the vectors out of the JSON answer. Everything else is written once here:
+reads the vectors out of the JSON answer (an SDK provider overrides
+``embed_request`` instead). Everything else is written once here:
 
 * keys come from the environment variable named by ``api_key_env_var`` (read
   where the request is made: a fleet replica's own environment), or from an
@@ -114,12 +115,11 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         self._client_lock = threading.Lock()
 
     # ------------------------------------------------------------------ embedding
-    def embed_batch(self, texts: Documents, *, query: bool = False) -> list[list[float]]:
-        vectors: list[list[float]] = []
+    def embed_batch(self, texts: Documents, *, query: bool = False) -> list[Any]:
+        vectors: list[Any] = []
         for start in range(0, len(texts), self.max_inputs_per_request):
             chunk = texts[start : start + self.max_inputs_per_request]
-            path, body = self.request(chunk, query=query)
-            got = self.vectors(self._post(path, body))
+            got = self.embed_request(chunk, query=query)
             if len(got) != len(chunk):
                 raise ProviderError(
                     f"{type(self).__name__} got {len(got)} vectors for {len(chunk)} texts "
@@ -127,6 +127,13 @@ class HttpEmbeddingFunction(EmbeddingFunction):
                 )
             vectors.extend(got)
         return vectors
+
+    def embed_request(self, texts: Documents, *, query: bool) -> list[Any]:
+        """One request's vectors: ``request`` -> POST with retries -> ``vectors``.
+
+        SDK providers override this alone; splitting and count checks stay here."""
+        path, body = self.request(texts, query=query)
+        return self.vectors(self._post(path, body))
 
     def api_key(self) -> str | None:
         """The key for this process: explicit, or from ``api_key_env_var``."""

@@ -16,7 +16,7 @@ import numpy as np
 from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents, Requirement
 from embedfleet.embedding_functions.http import API_INSTALL_HINT, HttpEmbeddingFunction, HttpFailure
 from embedfleet.embedding_functions.registry import register
-from embedfleet.errors import ConfigError, ProviderError
+from embedfleet.errors import ConfigError
 
 
 @register("openai")
@@ -74,7 +74,6 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
         self.api_version = api_version
         self.deployment_id = deployment_id
         self.encoding_format = encoding_format
-        self._sdk: Any = None
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -89,14 +88,10 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
             "encoding_format": self.encoding_format,
         }
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_sdk"] = None
-        return state
-
-    def _client_sdk(self) -> Any:
+    def _http(self) -> Any:
+        """The SDK client, in the slot the shared layer keeps for its client."""
         with self._client_lock:
-            if self._sdk is None:
+            if self._client is None:
                 import openai
 
                 common = {
@@ -107,29 +102,19 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
                     "max_retries": 0,  # retries live in the shared layer
                 }
                 if self.api_type == "azure":
-                    self._sdk = openai.AzureOpenAI(
+                    self._client = openai.AzureOpenAI(
                         azure_endpoint=self.api_base,
                         api_version=self.api_version,
                         azure_deployment=self.deployment_id,
                         **common,
                     )
                 else:
-                    self._sdk = openai.OpenAI(base_url=self.api_base, **common)
-            return self._sdk
+                    self._client = openai.OpenAI(base_url=self.api_base, **common)
+            return self._client
 
-    def embed_batch(self, texts: Documents, *, query: bool = False) -> list[Any]:
-        vectors: list[Any] = []
-        for start in range(0, len(texts), self.max_inputs_per_request):
-            chunk = texts[start : start + self.max_inputs_per_request]
-            response = self.with_retries(lambda chunk=chunk: self._create(chunk), self.api_base)
-            data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != len(chunk):
-                raise ProviderError(
-                    f"OpenAIEmbeddingFunction got {len(data)} vectors for {len(chunk)} texts "
-                    f"from {self.api_base}"
-                )
-            vectors.extend(_decode(item.embedding) for item in data)
-        return vectors
+    def embed_request(self, texts: Documents, *, query: bool) -> list[Any]:
+        response = self.with_retries(lambda: self._create(texts), self.api_base)
+        return [_decode(item.embedding) for item in sorted(response.data, key=_index)]
 
     def _create(self, chunk: Documents) -> Any:
         import openai
@@ -138,13 +123,17 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
         if self.dimensions is not None:
             options["dimensions"] = self.dimensions
         try:
-            return self._client_sdk().embeddings.create(
+            return self._http().embeddings.create(
                 input=chunk, model=self.deployment_id or self.model_name, **options
             )
         except openai.APIStatusError as exc:
             raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from exc
         except openai.APIConnectionError as exc:
             raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _index(item: Any) -> int:
+    return item.index
 
 
 def _decode(embedding: Any) -> Any:
