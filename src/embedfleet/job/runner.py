@@ -209,7 +209,10 @@ class Job:
                     "shards": [shard.shard_id for shard in plan.shards],
                 }
             )
-        committed = snapshot.commits()
+        planned = {shard.shard_id for shard in plan.shards}
+        committed = {
+            shard: marker for shard, marker in snapshot.commits().items() if shard in planned
+        }
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
         result = JobResult(
             run_id=run_id,
@@ -220,10 +223,9 @@ class Job:
             estimated_tokens=plan.estimated_tokens,
         )
         for marker in committed.values():
-            if marker["shard_id"] in {shard.shard_id for shard in plan.shards}:
-                result.carried_over += marker["embedded"]
-                result.rejected += marker["rejected"]
-                result.rows_read += marker["rows"]
+            result.carried_over += marker["embedded"]
+            result.rejected += marker["rejected"]
+            result.rows_read += marker["rows"]
         if todo:
             self._embed_shards(
                 todo, snapshot, metadata, result, progress, on_shard, signals, started
