@@ -28,12 +28,12 @@ HASH = {"provider": "hash", "config": {"dimension": 8}}
 FAST_FLEET = {"replicas": 1, "num_cpus": 0}
 
 
-def make_spec(source: dict, output: str, **sections) -> JobSpec:
+def make_spec(source: dict, output_uri: str, **sections) -> JobSpec:
     data = {
         "source": source,
         "embedding": sections.pop("embedding", HASH),
         "fleet": sections.pop("fleet", FAST_FLEET),
-        "output": {"uri": output, "rows_per_shard": 50, **sections.pop("output", {})},
+        "output": {"uri": output_uri, "rows_per_shard": 50, **sections.pop("output", {})},
     }
     return JobSpec.from_dict(data)
 
@@ -180,16 +180,27 @@ def test_corrupt_file_fails_only_its_shard_and_a_rerun_retries_only_that(tmp_pat
     assert embedfleet.read(spec.output.uri).count_rows() == 120
 
 
-def _spec_file(tmp_path: Path, spec: JobSpec) -> list[str]:
-    source = spec.source
-    text = (
-        f'[source]\nuri = "{source.uri}"\nid_column = "{source.id_column}"\n'
-        f'[embedding]\nprovider = "hash"\n[embedding.config]\ndimension = 8\n'
-        f"[fleet]\nreplicas = 1\nnum_cpus = 0\n"
-        f'[output]\nuri = "{spec.output.uri}"\nrows_per_shard = {spec.output.rows_per_shard}\n'
-    )
-    path = tmp_path / "job.toml"
-    path.write_text(text)
+def _spec_file(tmp_path: Path, spec: JobSpec, name: str = "job.toml") -> list[str]:
+    """``spec`` written as TOML, for the CLI (JSON scalars are valid TOML values)."""
+    data = spec.to_dict()
+    sections = {
+        "source": {"uri": data["source"]["uri"], "id_column": data["source"]["id_column"]},
+        "embedding": {"provider": data["embedding"]["provider"]},
+        "embedding.config": data["embedding"]["config"],
+        "fleet": data["fleet"],
+        "output": {
+            "uri": data["output"]["uri"],
+            "rows_per_shard": data["output"]["rows_per_shard"],
+        },
+    }
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [
+            f"{key} = {json.dumps(value)}" for key, value in values.items() if value is not None
+        ]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
     return [str(path)]
 
 
@@ -251,17 +262,20 @@ def test_storage_credentials_never_reach_the_output(tmp_path):
 
 
 def run_cli_job(tmp_path: Path, output: Path, delay: float) -> subprocess.Popen:
-    spec = tmp_path / "slow.toml"
-    spec.write_text(
-        f'[source]\nuri = "{tmp_path / "data.jsonl"}"\nid_column = "id"\n'
-        f'[embedding]\nprovider = "hash"\n[embedding.config]\ndimension = 8\n'
-        f"delay_seconds = {delay}\nbatch_size = 10\n"
-        f"[fleet]\nreplicas = 1\nnum_cpus = 0\nbatch_size = 10\n"
-        f'[output]\nuri = "{output}"\nrows_per_shard = 20\n'
+    spec = make_spec(
+        {"uri": str(tmp_path / "data.jsonl"), "id_column": "id"},
+        str(output),
+        embedding={
+            "provider": "hash",
+            "config": {"dimension": 8, "delay_seconds": delay, "batch_size": 10},
+        },
+        fleet={"replicas": 1, "num_cpus": 0, "batch_size": 10},
+        output={"rows_per_shard": 20},
     )
+    (spec_file,) = _spec_file(tmp_path, spec, "slow.toml")
     env = {**os.environ, "RAY_ADDRESS": ""}
     return subprocess.Popen(
-        [sys.executable, "-m", "embedfleet.cli", "run", "--quiet", str(spec)],
+        [sys.executable, "-m", "embedfleet.cli", "run", "--quiet", spec_file],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
