@@ -17,6 +17,7 @@ from embedfleet.errors import (
     ConfigError,
     ProviderError,
     RateLimitError,
+    TextTooLongError,
 )
 from tests.fakes import tei
 from tests.fakes.server import FakeServer, Fault
@@ -298,3 +299,40 @@ def test_cohere_wrong_key_is_an_authentication_error(cohere_ef, monkeypatch):
     monkeypatch.setenv("COHERE_TEST_KEY", "wrong")
     with pytest.raises(AuthenticationError, match="check COHERE_TEST_KEY"):
         cohere_ef(["a"])
+
+
+def test_openai_requests_stay_within_300k_tokens(openai_ef, openai_server):
+    ef = openai_ef(batch_size=2048)
+    texts = [f"{index} " + "lorem ipsum " * 600 for index in range(400)]  # ~1.2k+ tokens each
+    assert len(ef(texts)) == len(texts)
+    sent = [request.body["input"] for request in openai_server.requests]
+    assert len(sent) >= 2  # one request could hold 2048 inputs, but not their tokens
+    assert all(sum(ef.request_tokens(inputs)) <= 300_000 for inputs in sent)
+    assert sorted(text for inputs in sent for text in inputs) == sorted(texts)
+
+
+def test_openai_texts_over_8192_tokens_are_cut_or_refused_by_index(openai_ef, openai_server):
+    long_text = "long " + "word " * 40_000
+    ef = openai_ef()
+    ef(["short", long_text])
+    sent = next(text for text in openai_server.requests[0].body["input"] if text != "short")
+    assert long_text.startswith(sent) and ef.request_tokens([sent])[0] <= 8192
+    assert ef.stats.truncated == 1
+    with pytest.raises(TextTooLongError, match="document at index 1 "):
+        openai_ef(on_long="error")(["short", long_text])
+
+
+def test_a_429_without_retry_after_waits_for_the_exhausted_limits_reset(ef, tei_server):
+    reset = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1m2.5s",
+        "x-ratelimit-remaining-tokens": "5000",
+        "x-ratelimit-reset-tokens": "6m0s",  # not exhausted: not the one to wait for
+    }
+    tei_server.faults.extend([Fault(429, b'{"error":"busy"}', reset), Fault(429, b"{}", {})])
+    waits = []
+    ef._sleep = waits.append
+    ef.pacer().pause = lambda seconds: None  # the wait is checked, not actually waited
+    assert len(ef(["a"])) == 1
+    assert waits[0] == pytest.approx(62.5)
+    assert 0 < waits[1] <= 0.02  # no hint at all: the exponential backoff

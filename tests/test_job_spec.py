@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embedfleet.errors import ConfigError
-from embedfleet.job.spec import JobSpec
+from embedfleet.job.spec import BudgetSpec, JobSpec
 
 MINIMAL = '[source]\nuri = "data.jsonl"\n\n[output]\nuri = "out"\n'
 
@@ -78,3 +78,42 @@ def test_fingerprint_changes_with_provider_config_and_columns(tmp_path):
     assert base != spec.fingerprint("default", {"dimension": 8})
     spec.source.text_column = "body"
     assert base != spec.fingerprint("hash", {"dimension": 8})
+
+
+def test_budget_defaults_to_no_limit_and_parses_every_key(tmp_path):
+    assert JobSpec.from_toml(write(tmp_path, MINIMAL)).budget == BudgetSpec()
+    text = MINIMAL + "[budget]\nmax_tokens = 1000\nmax_cost = 2\nprice_per_million_tokens = 0.5\n"
+    budget = JobSpec.from_toml(write(tmp_path, text)).budget
+    assert budget == BudgetSpec(max_tokens=1000, max_cost=2.0, price_per_million_tokens=0.5)
+    assert isinstance(budget.max_cost, float) and budget.limited
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ("max_tokens = 0", "budget.max_tokens must be a positive integer, got 0"),
+        ("max_tokens = 1.5", "budget.max_tokens: expected int"),
+        ('max_tokens = "lots"', "budget.max_tokens: expected int"),
+        ("max_cost = 0", "budget.max_cost must be a positive number, got 0.0"),
+        ("max_cost = -3.5", "budget.max_cost must be a positive number"),
+        ("max_cost = inf", "budget.max_cost must be a positive number"),
+        ("max_cost = true", "budget.max_cost: expected float"),
+        ("price_per_million_tokens = -0.1", "budget.price_per_million_tokens must be"),
+        ("max_dollars = 5", "unknown key 'budget.max_dollars'"),
+    ],
+)
+def test_bad_budgets_name_the_key(tmp_path, budget, message):
+    with pytest.raises(ConfigError, match=message):
+        JobSpec.from_toml(write(tmp_path, MINIMAL + f"[budget]\n{budget}\n"))
+
+
+def test_a_free_price_is_allowed_for_self_hosted_servers(tmp_path):
+    text = MINIMAL + "[budget]\nprice_per_million_tokens = 0\n"
+    assert JobSpec.from_toml(write(tmp_path, text)).budget.price_per_million_tokens == 0.0
+
+
+def test_the_budget_is_not_part_of_the_fingerprint(tmp_path):
+    spec = JobSpec.from_toml(write(tmp_path, MINIMAL))
+    before = spec.fingerprint("hash", {"dimension": 8})
+    spec.budget = BudgetSpec(max_tokens=10, max_cost=1.0)
+    assert spec.fingerprint("hash", {"dimension": 8}) == before

@@ -52,3 +52,16 @@ def test_importing_embedfleet_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_errors_survive_pickling_with_their_keyword_attributes():
+    import pickle
+
+    from embedfleet.errors import BatchFailedError, RateLimitError
+
+    error = BatchFailedError(
+        "batch 3 failed", batch_index=3, cause=RateLimitError("429", status=429)
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is BatchFailedError and str(copy) == "batch 3 failed"
+    assert copy.batch_index == 3 and copy.cause.status == 429

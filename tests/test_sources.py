@@ -20,7 +20,7 @@ import zstandard
 
 from embedfleet.errors import ConfigError, MissingDependencyError, SourceReadError
 from embedfleet.job import formats
-from embedfleet.job.sources import estimate_tokens, plan, read_shard, shard_id
+from embedfleet.job.sources import plan, read_shard, shard_id
 from embedfleet.job.spec import SourceSpec
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -445,9 +445,3 @@ def test_empty_files_give_no_shards(tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"")
     write_jsonl(tmp_path / "full.jsonl", [{"text": "a"}])
     assert [s.relative_path for s in plan(SourceSpec(uri=str(tmp_path)), 10)] == ["full.jsonl"]
-
-
-def test_estimate_tokens_is_about_a_quarter_of_the_text_bytes(tmp_path):
-    path = tmp_path / "d.txt"
-    path.write_bytes(b"x" * 399 + b"\n")
-    assert estimate_tokens(plan(SourceSpec(uri=str(path)), 10)) == 100

@@ -3,7 +3,9 @@
 Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
 provider, output, or some shards failed: re-run to retry only those); 2 bad
 usage, config or input (nothing was embedded); 3 the output is locked by
-another run; 130 interrupted (committed shards stay, the run is resumable).
+another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
+committed shards stay, re-run with a higher budget to resume); 130 interrupted
+(committed shards stay, the run is resumable).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from embedfleet.job import Job, JobSpec
 from embedfleet.job.sink import Output
 from embedfleet.job.spec import MODES
 from embedfleet.output import embedding_metadata, embeddings_table, write_parquet
+from embedfleet.pricing import format_cost
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+EXIT_BUDGET = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -51,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedfleet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="embedfleet",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
     parser.add_argument("--version", action="version", version=f"embedfleet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -75,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     providers = commands.add_parser("providers", help="list providers and whether they can run")
     providers.set_defaults(handler=_providers)
 
-    run = commands.add_parser("run", help="run a job spec: embed a dataset into Parquet")
+    run = commands.add_parser(
+        "run",
+        help="run a job spec: embed a dataset into Parquet",
+        epilog="exit codes: 0 done; 1 shards failed (re-run retries them); 2 bad spec; "
+        "3 locked; 4 stopped at the budget (re-run with a higher budget to resume); "
+        "130 interrupted",
+    )
     _job_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary (cron)")
     run.add_argument("--report", metavar="PATH", help="write the run's summary as JSON")
@@ -108,6 +122,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=float, help="override fleet.num_cpus")
     parser.add_argument("--num-gpus", type=float, help="override fleet.num_gpus")
     parser.add_argument("--address", help="override fleet.address (or set RAY_ADDRESS)")
+    parser.add_argument(
+        "--max-tokens", type=int, help="override budget.max_tokens (input tokens, this run)"
+    )
+    parser.add_argument("--max-cost", type=float, help="override budget.max_cost (USD, this run)")
 
 
 def _load_job(arguments: argparse.Namespace) -> Job:
@@ -120,6 +138,8 @@ def _load_job(arguments: argparse.Namespace) -> Job:
         (spec.fleet, "num_cpus", arguments.num_cpus),
         (spec.fleet, "num_gpus", arguments.num_gpus),
         (spec.fleet, "address", arguments.address),
+        (spec.budget, "max_tokens", arguments.max_tokens),
+        (spec.budget, "max_cost", arguments.max_cost),
     ]
     for section, key, value in overrides:
         if value is not None:
@@ -146,7 +166,11 @@ def _run(arguments: argparse.Namespace) -> int:
                 ("rejected", result.rejected),
                 ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
                 ("failed shards", len(result.failed_shards)),
-                ("est. tokens", result.estimated_tokens),
+                (
+                    "tokens",
+                    f"{result.tokens:,} this run (plan estimated {result.estimated_tokens:,})",
+                ),
+                ("est. cost", format_cost(result.estimated_cost)),
                 ("time", f"{result.seconds:.1f} s ({result.startup_seconds:.1f} s start-up)"),
                 (
                     "rows/s",
@@ -157,12 +181,21 @@ def _run(arguments: argparse.Namespace) -> int:
         )
     for shard, error in sorted(result.failed_shards.items()):
         print(f"embedfleet: shard {shard} failed: {error}", file=sys.stderr)
+    if result.budget_stopped:
+        print(
+            f"embedfleet: stopped at the budget ({result.token_limit:,} tokens for this run): "
+            f"{result.tokens:,} tokens used ({format_cost(result.estimated_cost)}), "
+            f"{result.shards_remaining} of {result.shards} shards remain. Committed shards stay; "
+            "re-run with a higher budget.max_tokens / budget.max_cost (or --max-tokens / "
+            "--max-cost) to resume.",
+            file=sys.stderr,
+        )
     if result.failed_shards:
         print(
             "embedfleet: re-run the same command to retry only the failed shards", file=sys.stderr
         )
         return EXIT_FAILED
-    return EXIT_OK
+    return EXIT_BUDGET if result.budget_stopped else EXIT_OK
 
 
 def _plan(arguments: argparse.Namespace) -> int:
@@ -170,7 +203,23 @@ def _plan(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(plan.summary(), indent=2))
         return EXIT_OK
-    _print_table([(key.replace("_", " "), value) for key, value in plan.summary().items()])
+    rows: list[tuple[str, object]] = [
+        ("fingerprint", plan.fingerprint),
+        ("shards", len(plan.shards)),
+        ("estimated rows", f"{plan.estimated_rows:,}"),
+        ("estimated tokens", f"{plan.estimated_tokens:,} ({plan.token_basis})"),
+        ("estimated cost", format_cost(plan.estimated_cost)),
+        ("price", plan.price.describe()),
+    ]
+    budget = plan.budget_note()
+    if budget is not None:
+        rows.append(("budget", budget))
+    rows += [
+        ("snapshot", plan.snapshot),
+        ("committed shards", plan.committed),
+        ("note", plan.note),
+    ]
+    _print_table(rows)
     return EXIT_OK
 
 

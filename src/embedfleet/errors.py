@@ -32,6 +32,8 @@ original cause stays attached.
 
 from __future__ import annotations
 
+import typing
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -58,6 +60,10 @@ __all__ = [
 
 class EmbedfleetError(Exception):
     """Base class of every error embedfleet raises on purpose."""
+
+    def __reduce__(self) -> tuple[typing.Any, ...]:
+        """Pickle with keyword attributes too (Ray ships errors from workers to the driver)."""
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class ConfigError(EmbedfleetError, ValueError):
@@ -147,3 +153,12 @@ class BatchFailedError(FleetError):
         super().__init__(message)
         self.batch_index = batch_index
         self.cause = cause
+
+
+def _rebuild(
+    cls: type[EmbedfleetError], args: tuple[typing.Any, ...], state: dict[str, typing.Any]
+) -> EmbedfleetError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

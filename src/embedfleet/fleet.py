@@ -137,8 +137,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     """Run ``function`` as ``replicas`` Ray actors: a drop-in replacement for it.
 
     ``num_cpus`` defaults to 1 for local models and 0 for functions with no
-    compute of their own; such replicas also run ``max_concurrency`` (default 8)
-    batches at once, local models one. API keys are read from each worker's own environment;
+    compute of their own; such replicas also run ``max_concurrency`` batches at
+    once (default: the API provider's own ``max_concurrency``, else 8), local
+    models one. API keys are read from each worker's own environment;
     ``forward_env`` (opt-in) copies the named variables from this process to the
     replicas through Ray's runtime environment, where Ray's dashboard and logs
     show them. A fleet created under the same ``name`` in this
@@ -181,8 +182,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         self.replicas = replicas
         self.num_cpus = _default_num_cpus(function) if num_cpus is None else num_cpus
         self.num_gpus = num_gpus
-        # I/O-bound functions (no CPU of their own) serve several batches at once.
-        self.max_concurrency = max_concurrency or (1 if self.num_cpus or num_gpus else 8)
+        # I/O-bound functions (no CPU of their own) serve several batches at once: as many
+        # as an API provider keeps requests in flight (its own max_concurrency), else 8.
+        io_bound = getattr(function, "max_concurrency", None) or 8
+        self.max_concurrency = max_concurrency or (1 if self.num_cpus or num_gpus else io_bound)
         self.max_pending_per_replica = max(max_pending_per_replica, self.max_concurrency)
         self.fleet_name = name or getattr(function, "provider_name", "") or type(function).__name__
         self._spec = FunctionSpec.of(function)

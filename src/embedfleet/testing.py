@@ -20,7 +20,7 @@ from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents, E
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError
 
-__all__ = ["HashEmbeddingFunction"]
+__all__ = ["HashEmbeddingFunction", "RateLimitedServer"]
 
 
 @register("hash")
@@ -109,3 +109,89 @@ class HashEmbeddingFunction(EmbeddingFunction):
         seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
         vector = np.random.default_rng(seed).standard_normal(self._dimension, dtype=np.float32)
         return vector / np.linalg.norm(vector)
+
+
+class RateLimitedServer:
+    """A TEI-style ``POST /embed`` server on 127.0.0.1 that enforces a quota.
+
+    The quota is a continuously refilled token bucket holding one second's worth
+    of ``requests_per_minute`` (the way providers enforce per-minute limits over
+    short windows). A request finding the bucket empty gets 429 with
+    ``retry-after-ms`` (the time until a token is back). Every text answered
+    with 200 is counted, so a benchmark can check that each document was
+    embedded exactly once. ``latency_seconds`` stands in for the provider's
+    service time. For benchmarks and tests of :mod:`embedfleet.quota`.
+    """
+
+    def __init__(
+        self, requests_per_minute: float, *, latency_seconds: float = 0.0, dimension: int = 8
+    ) -> None:
+        import json
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.rate = requests_per_minute / 60.0
+        self.capacity = max(1.0, self.rate)  # one second's worth
+        self.latency_seconds = latency_seconds
+        self.embedded: Counter[str] = Counter()
+        self.accepted = 0
+        self.refused = 0
+        self._tokens = self.capacity
+        self._refilled = time.monotonic()
+        self._lock = threading.Lock()
+        vectors = HashEmbeddingFunction(dimension=dimension)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                wait = server._take()
+                if wait is not None:
+                    body = json.dumps({"error": "rate limit exceeded"}).encode()
+                    return self._send(429, body, {"retry-after-ms": str(int(wait * 1000) + 1)})
+                if server.latency_seconds:
+                    time.sleep(server.latency_seconds)  # the provider's service time
+                texts = json.loads(raw)["inputs"]
+                with server._lock:
+                    server.embedded.update(texts)
+                payload = [vector.tolist() for vector in vectors(texts)]
+                return self._send(200, json.dumps(payload).encode(), {})
+
+            def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}/embed"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _take(self) -> float | None:
+        """Take one token; None if granted, else seconds until one is back."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                self.accepted += 1
+                return None
+            self.refused += 1
+            return (1.0 - self._tokens) / self.rate
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)

@@ -16,8 +16,11 @@ from embedfleet.embedding_functions.base import (
     validate_documents,
 )
 from embedfleet.embedding_functions.cohere import CohereEmbeddingFunction
+from embedfleet.embedding_functions.google import GoogleGenerativeAiEmbeddingFunction
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction
+from embedfleet.embedding_functions.huggingface import HuggingFaceEmbeddingFunction
 from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
+from embedfleet.embedding_functions.jina import JinaEmbeddingFunction
 from embedfleet.embedding_functions.openai_embeddings import OpenAIEmbeddingFunction
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
@@ -43,10 +46,13 @@ __all__ = [
     "EmbeddingFunction",
     "EmbeddingStats",
     "Embeddings",
+    "GoogleGenerativeAiEmbeddingFunction",
     "HashEmbeddingFunction",
     "HttpEmbeddingFunction",
+    "HuggingFaceEmbeddingFunction",
     "HuggingFaceEmbeddingServer",
     "InstructorEmbeddingFunction",
+    "JinaEmbeddingFunction",
     "OpenAIEmbeddingFunction",
     "Requirement",
     "SentenceTransformerEmbeddingFunction",

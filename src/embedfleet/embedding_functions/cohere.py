@@ -3,12 +3,15 @@ for queries, float vectors, at most 96 texts per request."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction
+from embedfleet.embedding_functions.base import Documents
+from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TRUNCATE = ("NONE", "START", "END")
 
@@ -28,26 +31,11 @@ class CohereEmbeddingFunction(HttpEmbeddingFunction):
         input_type: str = "search_document",
         truncate: str = "END",
         api_key_env_var: str = "COHERE_API_KEY",
-        api_key: str | None = None,
-        api_base: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        retry_backoff_seconds: float = 0.5,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        on_long: str = "truncate",
+        **options: Unpack[HttpOptions],
     ) -> None:
         if truncate not in TRUNCATE:
             raise ConfigError(f"truncate must be one of {TRUNCATE}, got {truncate!r}")
-        super().__init__(
-            api_base=api_base,
-            api_key_env_var=api_key_env_var,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_backoff_seconds=retry_backoff_seconds,
-            batch_size=batch_size,
-            on_long=on_long,
-        )
+        super().__init__(api_key_env_var=api_key_env_var, **options)
         self.model_name = model_name
         self.input_type = input_type
         self.truncate = truncate

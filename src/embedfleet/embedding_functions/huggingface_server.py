@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedfleet.embedding_functions.base import Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction
+from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
-from embedfleet.errors import ProviderError
+from embedfleet.errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @register("huggingface_server")
@@ -25,25 +28,16 @@ class HuggingFaceEmbeddingServer(HttpEmbeddingFunction):
         url: str,
         *,
         api_key_env_var: str | None = None,
-        api_key: str | None = None,
         normalize: bool = True,
         truncate: bool = True,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        retry_backoff_seconds: float = 0.5,
-        batch_size: int = 32,
-        on_long: str = "truncate",
+        **options: Unpack[HttpOptions],
     ) -> None:
-        super().__init__(
-            api_base=url,
-            api_key_env_var=api_key_env_var,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_backoff_seconds=retry_backoff_seconds,
-            batch_size=batch_size,
-            on_long=on_long,
-        )
+        if "api_base" in options:
+            raise ConfigError(
+                "HuggingFaceEmbeddingServer takes url (the full endpoint), not api_base"
+            )
+        options.setdefault("batch_size", self.max_inputs_per_request)
+        super().__init__(api_base=url, api_key_env_var=api_key_env_var, **options)
         self.normalize = normalize
         self.truncate = truncate
 

@@ -9,14 +9,23 @@ unless ``encoding_format="float"``; both are decoded here.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents, Requirement
-from embedfleet.embedding_functions.http import API_INSTALL_HINT, HttpEmbeddingFunction, HttpFailure
+from embedfleet.embedding_functions.base import Documents, Requirement
+from embedfleet.embedding_functions.http import (
+    API_INSTALL_HINT,
+    HttpEmbeddingFunction,
+    HttpFailure,
+    HttpOptions,
+)
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError
+from embedfleet.tokens import count_tokens, encoding_for_model
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @register("openai")
@@ -25,7 +34,9 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
     OpenAI-compatible server (vLLM, Ollama, LM Studio, TEI's ``/v1``) via ``api_base``."""
 
     requirements = (Requirement("openai", API_INSTALL_HINT),)
-    max_inputs_per_request = 2048  # OpenAI's documented limit per request
+    max_inputs_per_request = 2048  # OpenAI's documented limits per request
+    max_tokens_per_request = 300_000
+    max_tokens_per_input = 8192
     default_api_base = "https://api.openai.com/v1"
 
     def __init__(
@@ -33,8 +44,6 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
         model_name: str = "text-embedding-3-small",
         *,
         api_key_env_var: str = "OPENAI_API_KEY",
-        api_key: str | None = None,
-        api_base: str | None = None,
         dimensions: int | None = None,
         organization_id: str | None = None,
         default_headers: dict[str, str] | None = None,
@@ -42,30 +51,17 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
         api_version: str | None = None,
         deployment_id: str | None = None,
         encoding_format: str = "base64",
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        retry_backoff_seconds: float = 0.5,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        on_long: str = "truncate",
+        **options: Unpack[HttpOptions],
     ) -> None:
         if api_type not in (None, "azure"):
             raise ConfigError(f"api_type must be None or 'azure', got {api_type!r}")
-        if api_type == "azure" and not (api_base and api_version):
+        if api_type == "azure" and not (options.get("api_base") and api_version):
             raise ConfigError("api_type='azure' needs api_base (the endpoint) and api_version")
         if encoding_format not in ("base64", "float"):
             raise ConfigError(
                 f"encoding_format must be 'base64' or 'float', got {encoding_format!r}"
             )
-        super().__init__(
-            api_base=api_base,
-            api_key_env_var=api_key_env_var,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry_backoff_seconds=retry_backoff_seconds,
-            batch_size=batch_size,
-            on_long=on_long,
-        )
+        super().__init__(api_key_env_var=api_key_env_var, **options)
         self.model_name = model_name
         self.dimensions = dimensions
         self.organization_id = organization_id
@@ -112,8 +108,12 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
                     self._client = openai.OpenAI(base_url=self.api_base, **common)
             return self._client
 
-    def embed_request(self, texts: Documents, *, query: bool) -> list[Any]:
-        response = self.with_retries(lambda: self._create(texts), self.api_base)
+    def request_tokens(self, texts: Documents) -> list[int]:
+        """tiktoken's exact counts where its files are at hand, else a safe estimate."""
+        return count_tokens(texts, encoding=encoding_for_model(self.model_name))
+
+    def embed_request(self, texts: Documents, *, query: bool, tokens: int = 0) -> list[Any]:
+        response = self.with_retries(lambda: self._create(texts), self.api_base, tokens=tokens)
         return [_decode(item.embedding) for item in sorted(response.data, key=_index)]
 
     def _create(self, chunk: Documents) -> Any:

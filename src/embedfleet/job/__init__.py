@@ -2,9 +2,17 @@
 
 from embedfleet.job.runner import Job, JobPlan, JobResult
 from embedfleet.job.sink import read
-from embedfleet.job.spec import EmbeddingSpec, FleetSpec, JobSpec, OutputSpec, SourceSpec
+from embedfleet.job.spec import (
+    BudgetSpec,
+    EmbeddingSpec,
+    FleetSpec,
+    JobSpec,
+    OutputSpec,
+    SourceSpec,
+)
 
 __all__ = [
+    "BudgetSpec",
     "EmbeddingSpec",
     "FleetSpec",
     "Job",

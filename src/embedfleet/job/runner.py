@@ -8,11 +8,21 @@ reads its rows, rejects null/empty texts, sends the texts through the fleet
 marker. Shard tasks reserve no CPU, so ``replicas = 2, num_cpus = 1`` on a
 2-CPU machine cannot deadlock. ``_latest`` moves only when every shard
 committed; a failed shard leaves the snapshot resumable.
+
+Budgets (``[budget]``, per run): each shard task counts its texts' tokens as the
+provider bills them, right after reading them, and reserves them in a
+``TokenBudget`` Ray actor before embedding. Reservations are serialised by the
+actor, so shards running in parallel can never together go over; the first
+shard that does not fit is not embedded, the actor refuses every later one, the
+driver submits nothing more, shards already embedding finish and commit, and
+the run ends incomplete with ``budget_stopped`` set. A re-run with a higher
+budget resumes the same snapshot (the budget is not in the fingerprint).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -23,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from embedfleet import pricing, tokens
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
@@ -35,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 SHARD_TASK_CPUS = 0  # reading and writing wait on I/O; the replicas own the cores
 RENEW_EVERY_SECONDS = 60.0
+PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
+PLAN_SAMPLE_SHARDS = 8  # ... from this many shards spread over the dataset
 
 
 @dataclass
@@ -42,10 +55,29 @@ class JobPlan:
     fingerprint: str
     shards: list[Shard]
     estimated_rows: int
-    estimated_tokens: int
+    estimated_tokens: int  # input tokens of every shard, as the provider counts them
     snapshot: str | None  # the snapshot this run would write (resume target) or None: new
     committed: int  # shards already committed in that snapshot
     note: str  # one line saying what the run would do
+    token_basis: str = ""  # how estimated_tokens was found ("counted over all N rows", ...)
+    price: pricing.Price = field(default_factory=lambda: pricing.Price(0.0, "local model"))
+    token_limit: int | None = None  # this run's budget in tokens; None: no limit
+
+    @property
+    def estimated_cost(self) -> float | None:
+        """USD for every shard (None: the price is unknown)."""
+        return self.price.cost(self.estimated_tokens)
+
+    def budget_note(self) -> str | None:
+        """Whether the estimate fits in the run's budget; None without a budget."""
+        if self.token_limit is None:
+            return None
+        needed = self.estimated_tokens
+        if self.shards and self.committed:  # a resume pays only for what is left
+            left = len(self.shards) - self.committed
+            needed = math.ceil(needed * left / len(self.shards))
+        verdict = "fits" if needed <= self.token_limit else "exceeds it: the run would stop early"
+        return f"{self.token_limit:,} tokens this run; the estimate ({needed:,}) {verdict}"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +85,12 @@ class JobPlan:
             "shards": len(self.shards),
             "estimated_rows": self.estimated_rows,
             "estimated_tokens": self.estimated_tokens,
+            "token_basis": self.token_basis,
+            "estimated_cost": self.estimated_cost,
+            "price_per_million_tokens": self.price.per_million_tokens,
+            "price_source": self.price.source,
+            "token_limit": self.token_limit,
+            "budget": self.budget_note(),
             "snapshot": self.snapshot,
             "committed_shards": self.committed,
             "note": self.note,
@@ -72,6 +110,11 @@ class JobResult:
     shards_skipped: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
     estimated_tokens: int = 0
+    tokens: int = 0  # input tokens of the shards this run embedded, as the provider counts
+    estimated_cost: float | None = 0.0  # USD for ``tokens``; None: the price is unknown
+    token_limit: int | None = None  # this run's budget in tokens; None: no limit
+    budget_stopped: bool = False  # stopped before a shard that would have gone over it
+    shards_remaining: int = 0  # planned shards without a commit: a re-run resumes them
     seconds: float = 0.0
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
 
@@ -103,6 +146,22 @@ class Job:
         )
         self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
         self.output = sink.Output(spec.output.uri, spec.output.storage_options)
+        # API providers count tokens as they bill them; local models cost nothing per token.
+        self.counter = (
+            self.function if callable(getattr(self.function, "request_tokens", None)) else None
+        )
+        self.budget()  # a max_cost without a price fails here, before any work
+
+    def budget(self) -> tuple[pricing.Price, int | None]:
+        """The provider's price and this run's token limit, from the spec's ``[budget]``."""
+        budget = self.spec.budget
+        price = pricing.price_for(
+            self.function.provider_name,
+            getattr(self.function, "model_name", None),
+            api=self.counter is not None,
+            override=budget.price_per_million_tokens,
+        )
+        return price, pricing.token_limit(budget.max_tokens, budget.max_cost, price)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Job:
@@ -110,17 +169,67 @@ class Job:
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> JobPlan:
+        price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
         target, committed, note = self._choose_snapshot(shards)
+        estimated_tokens, basis = self._estimate_tokens(shards)
         return JobPlan(
             fingerprint=self.fingerprint,
             shards=shards,
             estimated_rows=sum(shard.estimated_rows for shard in shards),
-            estimated_tokens=sources.estimate_tokens(shards),
+            estimated_tokens=estimated_tokens,
             snapshot=target,
             committed=committed,
             note=note,
+            token_basis=basis,
+            price=price,
+            token_limit=limit,
         )
+
+    def _estimate_tokens(self, shards: list[Shard]) -> tuple[int, str]:
+        """Tokens of every shard, counted on real text with the provider's counter.
+
+        Small datasets are read whole and counted. Larger ones are sampled: up to
+        ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
+        over the dataset, scaled by the planned row count (an estimate, and said so).
+        """
+        if not shards:
+            return 0, "no rows"
+        picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
+        per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
+        rows = counted = 0
+        whole = len(picks) == len(shards)
+        for index in picks:
+            try:
+                shard_rows, shard_tokens, complete = self._sample_shard(shards[index], per_shard)
+            except (EmbedfleetError, OSError):  # fails when run, naming the file
+                whole = False
+                continue
+            rows, counted, whole = rows + shard_rows, counted + shard_tokens, whole and complete
+        if whole:
+            return counted, f"counted over all {rows:,} rows"
+        if not rows:  # a token is at least one byte of UTF-8
+            upper = sum(shard.estimated_bytes for shard in shards)
+            return upper, "upper bound from text bytes (no rows could be sampled)"
+        total_rows = max(rows, sum(shard.estimated_rows for shard in shards))
+        return math.ceil(counted * total_rows / rows), (
+            f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
+            f"scaled to ~{total_rows:,} rows"
+        )
+
+    def _sample_shard(self, shard: Shard, limit: int) -> tuple[int, int, bool]:
+        """(rows read, their tokens, whether that was the whole shard)."""
+        rows, texts = 0, []
+        stream = sources.read_shard(shard, self.spec.source, batch_rows=min(limit, 2048))
+        try:
+            for piece in stream:
+                rows += len(piece.ids)
+                texts += [text for text in piece.texts if text is not None and text.strip()]
+                if rows >= limit:
+                    return rows, count_tokens(self.counter, texts), False
+        finally:
+            stream.close()
+        return rows, count_tokens(self.counter, texts), True
 
     def _choose_snapshot(self, shards: list[Shard]) -> tuple[str | None, int, str]:
         mode = self.spec.output.mode
@@ -196,6 +305,7 @@ class Job:
     ) -> JobResult:
         stop = signals.stop
         plan = self.plan()
+        price, limit = plan.price, plan.token_limit
         run_id = plan.snapshot or sink.new_run_id()
         snapshot = self.output.snapshot(run_id)
         metadata = {**embedding_metadata(self.function), "job_fingerprint": self.fingerprint}
@@ -221,6 +331,7 @@ class Job:
             shards=len(plan.shards),
             shards_skipped=len(plan.shards) - len(todo),
             estimated_tokens=plan.estimated_tokens,
+            token_limit=limit,
         )
         for marker in committed.values():
             result.carried_over += marker["embedded"]
@@ -228,12 +339,24 @@ class Job:
             result.rows_read += marker["rows"]
         if todo:
             self._embed_shards(
-                todo, snapshot, metadata, result, progress, on_shard, signals, started
+                todo, snapshot, metadata, result, progress, on_shard, signals, started, limit
             )
         if stop.is_set():
             raise KeyboardInterrupt
-        if not result.failed_shards:
+        result.estimated_cost = price.cost(result.tokens)
+        result.shards_remaining = len(planned - set(snapshot.commits()))
+        if result.budget_stopped:
+            logger.warning(
+                "stopped at the budget (%s tokens this run): %d tokens used, %d of %d shards "
+                "remain; re-run with a higher budget to resume",
+                limit,
+                result.tokens,
+                result.shards_remaining,
+                result.shards,
+            )
+        if not result.failed_shards and not result.budget_stopped:
             self._check_unique_ids(snapshot, plan.shards)
+            total_tokens = result.tokens + sum(m.get("tokens", 0) for m in committed.values())
             snapshot.finish(
                 {
                     "fingerprint": self.fingerprint,
@@ -241,6 +364,9 @@ class Job:
                     "rows": result.rows_read,
                     "embedded": result.embedded + result.carried_over,
                     "rejected": result.rejected,
+                    "tokens": total_tokens,
+                    "estimated_cost": price.cost(total_tokens),
+                    "price": price.to_dict(),
                 }
             )
             result.complete = True
@@ -257,6 +383,7 @@ class Job:
         on_shard: Callable[[dict[str, Any]], None] | None,
         signals: _StopOnSignal,
         started: float,
+        limit: int | None,
     ) -> None:
         import ray
 
@@ -285,15 +412,20 @@ class Job:
         ray.get([warm.remote() for _ in range(window)])
         result.startup_seconds = time.perf_counter() - started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
+        budget = None
+        if limit is not None:  # one ledger per run: shards reserve their tokens in it
+            budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(limit)
         bar = _progress_bar(sum(shard.estimated_rows for shard in todo), progress)
         pending: dict[Any, Shard] = {}
         queue = list(todo)
-        done_count = characters = 0
+        done_count = 0
         try:
-            while (queue or pending) and not stop.is_set():
-                while queue and len(pending) < window:
+            while ((queue and not result.budget_stopped) or pending) and not stop.is_set():
+                while queue and len(pending) < window and not result.budget_stopped:
                     shard = queue.pop(0)
-                    ref = task.remote(shard, self.spec, fleet, snapshot.run_id, metadata)
+                    ref = task.remote(
+                        shard, self.spec, fleet, snapshot.run_id, metadata, self.counter, budget
+                    )
                     pending[ref] = shard
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
@@ -305,22 +437,25 @@ class Job:
                         result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
                         logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
                         done_count += 1
-                        _advance(
-                            bar, shard.estimated_rows, result, done_count, len(todo), characters
-                        )
+                        _advance(bar, shard.estimated_rows, result, done_count, len(todo))
+                        continue
+                    if marker.get("over_budget"):  # not embedded: no further shard starts
+                        result.budget_stopped = True
                         continue
                     result.rows_read += marker["rows"]
                     result.embedded += marker["embedded"]
                     result.rejected += marker["rejected"]
+                    result.tokens += marker["tokens"]
                     done_count += 1
-                    characters += marker["characters"]
-                    _advance(bar, marker["rows"], result, done_count, len(todo), characters)
+                    _advance(bar, marker["rows"], result, done_count, len(todo))
                     if on_shard is not None:
                         on_shard(marker)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
             fleet.shutdown()
+            if budget is not None:
+                ray.kill(budget)
             if bar is not None:
                 bar.close()
 
@@ -348,8 +483,15 @@ def embed_shard(
     fleet: EmbeddingFunction,
     run_id: str,
     metadata: dict[str, Any],
+    counter: EmbeddingFunction | None = None,
+    budget: Any = None,
 ) -> dict[str, Any]:
-    """Read one shard, embed its texts on the fleet, commit part + rejects + marker."""
+    """Read one shard, count its tokens, reserve them in ``budget`` (a TokenBudget actor,
+    if any), embed its texts on the fleet, commit part + rejects + marker.
+
+    A shard whose tokens the budget refuses is neither embedded nor committed: the
+    answer is ``{"shard_id", "over_budget": True, "tokens"}``.
+    """
     started = time.perf_counter()
     ids: list[str] = []
     texts: list[str] = []
@@ -365,6 +507,12 @@ def embed_shard(
             for name in columns:
                 columns[name].append(piece.columns[name][index])
     read_done = time.perf_counter()
+    shard_tokens = count_tokens(counter, texts)
+    if budget is not None:
+        import ray
+
+        if not ray.get(budget.reserve.remote(shard_tokens)):
+            return {"shard_id": shard.shard_id, "over_budget": True, "tokens": shard_tokens}
     vectors, refused = embed_or_isolate(fleet, texts)
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
@@ -394,12 +542,24 @@ def embed_shard(
         "embedded": len(texts),
         "rejected": len(reject_ids),
         "characters": sum(map(len, texts)),
+        "tokens": shard_tokens,
         "read_seconds": round(read_done - started, 3),
         "embed_seconds": round(embed_done - read_done, 3),
     }
     marker = output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
     marker["write_seconds"] = round(time.perf_counter() - embed_done, 3)
     return marker
+
+
+def count_tokens(counter: EmbeddingFunction | None, texts: list[str]) -> int:
+    """Input tokens of ``texts``: the API provider's own ``request_tokens`` (what it
+    bills: tiktoken for OpenAI, a conservative estimate elsewhere), or, for local
+    models (free per token), ``tokens.estimate_tokens``, which never undercounts."""
+    if not texts:
+        return 0
+    if counter is not None:
+        return int(sum(counter.request_tokens(texts)))  # type: ignore[attr-defined]
+    return sum(tokens.estimate_tokens(text) for text in texts)
 
 
 def embed_or_isolate(
@@ -453,16 +613,23 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="rows", unit_scale=True, dynamic_ncols=True, desc="embedding")
 
 
-def _advance(
-    bar: Any, rows: int, result: JobResult, shards_done: int, shards: int, characters: int
-) -> None:
-    """Rows/s and the ETA come from tqdm; tokens/s is estimated at 4 characters a token."""
+def _spread(count: int, picks: int) -> list[int]:
+    """Up to ``picks`` indices of ``range(count)``: first, last and evenly between."""
+    if count <= picks:
+        return list(range(count))
+    if picks == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (picks - 1)) for i in range(picks)})
+
+
+def _advance(bar: Any, rows: int, result: JobResult, shards_done: int, shards: int) -> None:
+    """Rows/s and the ETA come from tqdm; tokens/s from the shards' counted tokens."""
     if bar is None:
         return
     bar.update(rows)
     elapsed = max(bar.format_dict["elapsed"], 1e-9)
     bar.set_postfix(
-        tokens_per_s=f"{characters / 4 / elapsed:.0f}",
+        tokens_per_s=f"{result.tokens / elapsed:.0f}",
         shards=f"{shards_done}/{shards}",
         failed=len(result.failed_shards),
     )

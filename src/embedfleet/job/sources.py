@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,6 @@ from embedfleet.job.spec import SourceSpec
 
 GLOB_CHARS = "*?["
 COMPRESSED_GROWTH = 4  # rough decompressed/compressed ratio, for estimates only
-BYTES_PER_TOKEN = 4  # rough, for `embedfleet plan` only
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Shard:
     end: int
     estimated_rows: int
     first_row: int
-    estimated_bytes: int = 0  # text bytes, roughly (for estimate_tokens)
+    estimated_bytes: int = 0  # text bytes, roughly (a token is at least one byte)
 
 
 @dataclass
@@ -183,11 +182,6 @@ def read_shard(shard: Shard, source: SourceSpec, batch_rows: int = 2048) -> Iter
     seen: set[str] = set()
     for derived, columns in _raw_batches(shard, source, wanted, batch_rows):
         yield _shard_rows(shard, source, derived, columns, seen)
-
-
-def estimate_tokens(shards: Iterable[Shard]) -> int:
-    """A rough token total for ``embedfleet plan``: estimated text bytes / 4."""
-    return sum(shard.estimated_bytes for shard in shards) // BYTES_PER_TOKEN
 
 
 def _wanted_columns(source: SourceSpec, fmts: set[str]) -> list[str]:

@@ -6,8 +6,18 @@ The TOML shape is the contract users and scripts rely on::
     [embedding]   provider, [embedding.config]
     [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica
     [output]      uri, rows_per_shard, mode, keep_snapshots, storage_options
+    [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
 
 Every option the job layer has is a key here; command-line flags override.
+
+``[budget]`` limits one run (not the snapshot's total: a resumed run starts a
+fresh budget). ``max_tokens`` counts input tokens as the provider counts them
+(conservatively where its tokenizer is not at hand); ``max_cost`` is USD at
+``price_per_million_tokens``, or at the estimate table in
+:mod:`embedfleet.pricing` when that is unset. A run that reaches its budget
+stops before the shard that would exceed it, commits what is in flight, and is
+resumed by a re-run with a higher budget. The budget is not part of the
+fingerprint: changing it never invalidates a snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -97,11 +108,39 @@ class OutputSpec:
 
 
 @dataclass
+class BudgetSpec:
+    """Per-run limits; None: no limit. See the module docstring."""
+
+    max_tokens: int | None = None
+    max_cost: float | None = None  # USD
+    price_per_million_tokens: float | None = None  # USD; overrides the estimate table
+
+    def check(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(
+                f"budget.max_tokens must be a positive integer, got {self.max_tokens}"
+            )
+        if self.max_cost is not None and not (self.max_cost > 0 and math.isfinite(self.max_cost)):
+            raise ConfigError(f"budget.max_cost must be a positive number, got {self.max_cost}")
+        price = self.price_per_million_tokens
+        if price is not None and not (price >= 0 and math.isfinite(price)):
+            raise ConfigError(
+                "budget.price_per_million_tokens must be a non-negative number "
+                f"(0 for a self-hosted server), got {price}"
+            )
+
+    @property
+    def limited(self) -> bool:
+        return self.max_tokens is not None or self.max_cost is not None
+
+
+@dataclass
 class JobSpec:
     source: SourceSpec
     output: OutputSpec
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     fleet: FleetSpec = field(default_factory=FleetSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobSpec:
@@ -129,6 +168,7 @@ class JobSpec:
         self.source.check()
         self.fleet.check()
         self.output.check()
+        self.budget.check()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

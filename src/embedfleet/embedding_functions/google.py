@@ -1,0 +1,96 @@
+"""Google's Gemini API ``POST /models/{model}:batchEmbedContents``: one sub-request
+per text, a task type per sub-request, at most 100 sub-requests per call."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from embedfleet.embedding_functions.base import Documents
+from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.registry import register
+from embedfleet.errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+TASK_TYPES = (
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+)
+
+
+@register("google_generative_ai")
+class GoogleGenerativeAiEmbeddingFunction(HttpEmbeddingFunction):
+    """Gemini embeddings. ``task_type`` is used for documents (default
+    ``RETRIEVAL_DOCUMENT``); ``embed_query`` sends ``RETRIEVAL_QUERY`` in its place,
+    and any other task type for both. ``dimension`` is sent as
+    ``outputDimensionality`` when set. The key goes in ``x-goog-api-key``.
+    """
+
+    max_inputs_per_request = 100
+    default_api_base = "https://generativelanguage.googleapis.com/v1beta"
+
+    def __init__(
+        self,
+        model_name: str = "gemini-embedding-001",
+        *,
+        task_type: str = "RETRIEVAL_DOCUMENT",
+        dimension: int | None = None,
+        api_key_env_var: str = "GEMINI_API_KEY",
+        **options: Unpack[HttpOptions],
+    ) -> None:
+        if task_type not in TASK_TYPES:
+            raise ConfigError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        if dimension is not None and (
+            not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1
+        ):
+            raise ConfigError(f"dimension must be a positive integer, got {dimension!r}")
+        super().__init__(api_key_env_var=api_key_env_var, **options)
+        self.model_name = model_name
+        self.task_type = task_type
+        self.output_dimensionality = dimension
+        self._dimension = dimension
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "task_type": self.task_type,
+            "dimension": self.output_dimensionality,
+            **super().get_config(),
+        }
+
+    def headers(self) -> dict[str, str]:
+        key = self.api_key()
+        return {"x-goog-api-key": key} if key else {}
+
+    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
+        model = self.model_name.removeprefix("models/")
+        task_type = self.task_type
+        if query and task_type == "RETRIEVAL_DOCUMENT":
+            task_type = "RETRIEVAL_QUERY"
+        extra = {}
+        if self.output_dimensionality is not None:
+            extra["outputDimensionality"] = self.output_dimensionality
+        requests = [
+            {
+                "model": f"models/{model}",
+                "content": {"parts": [{"text": text}]},
+                "taskType": task_type,
+                **extra,
+            }
+            for text in texts
+        ]
+        return f"models/{model}:batchEmbedContents", {"requests": requests}
+
+    def vectors(self, payload: Any) -> list[list[float]]:
+        try:
+            return [embedding["values"] for embedding in payload["embeddings"]]
+        except (KeyError, TypeError) as exc:
+            raise ProviderError("Gemini answered without embeddings[].values") from exc
