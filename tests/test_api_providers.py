@@ -20,7 +20,7 @@ from embedfleet.embedding_functions import (
     JinaEmbeddingFunction,
     build,
 )
-from embedfleet.errors import BadRequestError, ConfigError, ProviderError
+from embedfleet.errors import AuthenticationError, BadRequestError, ConfigError, ProviderError
 from tests.fakes import gemini, huggingface_api, jina
 from tests.fakes.server import FakeServer, Fault
 
@@ -258,6 +258,33 @@ def test_gemini_resource_exhausted_is_retried(case, make, server):
     assert len(ef(["a"])) == 1 and waits == [0.0] and len(server.requests) == 2
 
 
+@pytest.mark.parametrize("case", [CASES["gemini"]], ids=["gemini"])
+def test_gemini_bad_key_is_an_authentication_error_not_bad_input(case, make, server):
+    error = {
+        "error": {
+            "code": 400,
+            "message": "API key not valid. Please pass a valid API key.",
+            "status": "INVALID_ARGUMENT",
+            "details": [{"reason": "API_KEY_INVALID"}],
+        }
+    }
+    server.faults.append(Fault(400, json.dumps(error).encode()))
+    with pytest.raises(AuthenticationError, match="check GEMINI_TEST_KEY"):
+        make()(["a", "b"])
+    assert len(server.requests) == 1
+
+
+def test_401_is_not_retried_and_500_is(case, make, server):
+    ef = make()
+    ef._sleep = lambda seconds: None
+    server.faults.append(Fault(500, b'{"error": "boom"}'))
+    assert len(ef(["a"])) == 1 and len(server.requests) == 2
+    server.faults.append(Fault(401, b'{"error": "bad key"}'))
+    with pytest.raises(AuthenticationError, match=f"check {case.env_var}"):
+        ef(["b"])
+    assert len(server.requests) == 3
+
+
 # ---------------------------------------------------------------- Hugging Face
 @pytest.mark.parametrize("case", [CASES["huggingface"]], ids=["huggingface"])
 @pytest.mark.parametrize("normalize", [True, False])
@@ -302,16 +329,21 @@ OPTIONAL = ("task", "dimensions", "late_chunking", "normalized")
 
 @pytest.mark.parametrize("case", [CASES["jina"]], ids=["jina"])
 def test_jina_sends_optional_fields_only_when_set(case, make, server):
-    make(task=None)(["a"])
+    make(task=None, model_name="jina-embeddings-v2-base-en")(["a"])
     body = server.requests[0].body
-    assert body == {"model": "jina-embeddings-v3", "input": ["a"], "embedding_type": "float"}
-    ef = make(task="text-matching", dimensions=8, late_chunking=True, normalized=False)
+    assert body == {
+        "model": "jina-embeddings-v2-base-en",
+        "input": ["a"],
+        "embedding_type": "float",
+        "truncate": True,
+    }
+    ef = make(task="text-matching", dimensions=8, late_chunking=False, normalized=False)
     vectors = ef(["a", "b"])
     body = server.requests[1].body
     assert {name: body[name] for name in OPTIONAL} == {
         "task": "text-matching",
         "dimensions": 8,
-        "late_chunking": True,
+        "late_chunking": False,
         "normalized": False,
     }
     assert ef.dimension == 8
@@ -324,7 +356,7 @@ def test_jina_sends_optional_fields_only_when_set(case, make, server):
 @pytest.mark.parametrize(
     ("task", "document_task", "query_task"),
     [
-        (None, None, "retrieval.query"),
+        (None, "retrieval.passage", "retrieval.query"),
         ("retrieval.passage", "retrieval.passage", "retrieval.query"),
         ("text-matching", "text-matching", "text-matching"),
     ],
@@ -335,6 +367,11 @@ def test_jina_query_task(case, make, server, task, document_task, query_task):
     ef.embed_query(["a"])
     sent = [jina.kinds_of(request.body) for request in server.requests]
     assert sent == [{document_task}, {query_task}]
+
+
+def test_jina_refuses_late_chunking_it_cannot_honour():
+    with pytest.raises(ConfigError, match="late_chunking"):
+        JinaEmbeddingFunction(late_chunking=True, api_key="x")
 
 
 @pytest.mark.parametrize("case", [CASES["jina"]], ids=["jina"])

@@ -336,3 +336,29 @@ def test_a_429_without_retry_after_waits_for_the_exhausted_limits_reset(ef, tei_
     assert len(ef(["a"])) == 1
     assert waits[0] == pytest.approx(62.5)
     assert 0 < waits[1] <= 0.02  # no hint at all: the exponential backoff
+
+
+def test_openai_truncated_json_is_retried_like_any_unreadable_answer(openai_ef, openai_server):
+    ef = openai_ef()
+    ef._sleep = lambda seconds: None
+    openai_server.faults.append(Fault(200, b'{"object": "list", "data": [{"emb'))
+    np.testing.assert_allclose(ef(["a"])[0], openai_api.expected_vectors(["a"])[0], rtol=1e-6)
+    assert len(openai_server.requests) == 2
+
+
+def test_a_keyless_compatible_server_never_gets_the_openai_key(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)  # set for api.openai.com, not for this server
+    openai_server.api_key = None
+    ef = OpenAIEmbeddingFunction(api_base=f"{openai_server.url}/v1", api_key_env_var=None)
+    assert len(ef(["a"])) == 1
+    assert CANARY not in openai_server.requests[0].headers["authorization"]
+
+
+def test_no_part_of_an_error_chain_holds_the_key(openai_ef, openai_server):
+    import traceback
+
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {CANARY}"}}).encode()
+    openai_server.faults.append(Fault(401, echo))
+    with pytest.raises(AuthenticationError) as caught:
+        openai_ef()(["a"])
+    assert CANARY not in "".join(traceback.format_exception(caught.value))

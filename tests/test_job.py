@@ -176,7 +176,7 @@ def test_corrupt_file_fails_only_its_shard_and_a_rerun_retries_only_that(tmp_pat
     paths[1].write_bytes(good)
     second = Job(spec).run(progress=False)
     assert second.complete and second.run_id == first.run_id
-    assert second.shards_skipped == 2 and second.embedded == 40 and second.carried_over == 80
+    assert second.shards_skipped == 2 and second.embedded == 40 and second.resumed == 80
     assert embedfleet.read(spec.output.uri).count_rows() == 120
 
 

@@ -257,7 +257,7 @@ def test_a_job_stops_before_its_token_budget_and_a_higher_budget_resumes_it(tmp_
     spec.budget.max_tokens = total * 2
     second = Job(spec).run(progress=False)
     assert second.complete and second.run_id == first.run_id and not second.budget_stopped
-    assert second.carried_over == first.embedded and second.embedded == 300 - first.embedded
+    assert second.resumed == first.embedded and second.embedded == 300 - first.embedded
     assert second.shards_skipped == len(committed) and second.shards_remaining == 0
     ids = embedfleet.read(str(output)).to_table()["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 300
@@ -290,7 +290,7 @@ def test_the_cli_exits_4_at_the_budget_and_says_how_to_resume(tmp_path, capsys):
     report = tmp_path / "report.json"
     assert main(["run", "--quiet", "--report", str(report), str(path)]) == EXIT_BUDGET
     error = capsys.readouterr().err
-    assert "stopped at the budget" in error and "re-run with a higher budget" in error
+    assert "stopped at the budget" in error and "a re-run resumes them with a fresh budget" in error
     summary = json.loads(report.read_text())
     assert summary["budget_stopped"] and not summary["complete"]
     assert 0 < summary["tokens"] <= local_token_total(120) // 3

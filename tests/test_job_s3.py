@@ -77,3 +77,40 @@ def test_job_round_trips_through_s3(bucket, storage_options):
     for path in written:
         content = bucket.cat_file(path)
         assert FAKE_SECRET.encode() not in content and FAKE_KEY_ID.encode() not in content
+
+
+def test_an_incremental_rerun_on_s3_copies_unchanged_parts_server_side(bucket, storage_options):
+    spec = JobSpec.from_dict(
+        {
+            "source": {
+                "uri": "s3://corpus/input/*.jsonl",
+                "id_column": "id",
+                "storage_options": storage_options,
+            },
+            "embedding": {"provider": "hash", "config": {"dimension": 8}},
+            "fleet": {"replicas": 1, "num_cpus": 0},
+            "output": {
+                "uri": "s3://corpus/inc",
+                "mode": "incremental",
+                "rows_per_shard": 30,
+                "storage_options": storage_options,
+            },
+        }
+    )
+    first = Job(spec).run(progress=False)
+    assert first.complete and first.embedded == 90
+    bucket.pipe_file(  # one file changes: one row edited, one added
+        "corpus/input/part2.jsonl",
+        "".join(
+            json.dumps({"id": f"d{index}", "text": f"text number {index}"}) + "\n"
+            for index in range(60, 89)
+        ).encode()
+        + b'{"id": "d89", "text": "edited"}\n{"id": "d90", "text": "added"}\n',
+    )
+    second = Job(spec).run(progress=False)
+    assert second.complete and second.embedded == 2 and second.carried_over == 89
+    markers = Job(spec).output.snapshot(second.run_id).commits().values()
+    copied = [marker for marker in markers if marker.get("copied_from")]
+    assert len(copied) == 2  # part0 and part1 were unchanged: copied object to object
+    table = embedfleet.read("s3://corpus/inc", storage_options).to_table()
+    assert sorted(table["id"].to_pylist()) == sorted(f"d{index}" for index in range(91))

@@ -117,3 +117,14 @@ def test_the_budget_is_not_part_of_the_fingerprint(tmp_path):
     before = spec.fingerprint("hash", {"dimension": 8})
     spec.budget = BudgetSpec(max_tokens=10, max_cost=1.0)
     assert spec.fingerprint("hash", {"dimension": 8}) == before
+
+
+def test_a_key_in_the_spec_is_refused_naming_the_variable_option():
+    data = {
+        "source": {"uri": "data.jsonl"},
+        "embedding": {"provider": "openai", "config": {"api_key": "sk-in-the-spec"}},
+        "output": {"uri": "out"},
+    }
+    with pytest.raises(ConfigError, match="api_key_env_var") as caught:
+        JobSpec.from_dict(data)
+    assert "sk-in-the-spec" not in str(caught.value)

@@ -261,3 +261,17 @@ def test_without_limits_concurrency_backs_off_on_429_in_process(limited_server):
     assert set(server.embedded.values()) == {1} and set(server.embedded) == set(texts)
     assert server.refused > 0  # 60 instant requests against 10/s: the bucket ran dry
     assert not ef._concurrency._slow_start  # so a 429 ended slow start and halved the window
+
+
+def test_a_pause_while_both_limits_are_set_never_loses_a_slot():
+    clock = FakeClock()
+    limits = RateLimits(requests_per_minute=600, tokens_per_minute=6000)
+    first, second = pacers(limits, 2, clock)
+    second.acquire(10)  # holds request slots and a little token budget
+    first.pause(5.0)  # another replica's 429
+    paused_at = clock.now
+    second.acquire(100)  # needs more tokens: a token lease that reports the pause
+    assert clock.now >= paused_at + 5.0 - 1e-9
+    for _ in range(20):  # and keeps going, at both rates
+        second.acquire(50)
+    assert clock.now - paused_at == pytest.approx(5.0 + 21 * 50 / 100, abs=1.0)

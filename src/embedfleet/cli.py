@@ -4,7 +4,7 @@ Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
 provider, output, or some shards failed: re-run to retry only those); 2 bad
 usage, config or input (nothing was embedded); 3 the output is locked by
 another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
-committed shards stay, re-run with a higher budget to resume); 130 interrupted
+committed shards stay, re-run to resume, with a fresh per-run budget); 130 interrupted
 (committed shards stay, the run is resumable).
 """
 
@@ -22,6 +22,7 @@ import fsspec
 from embedfleet import __version__, embedding_functions
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
+from embedfleet.job.runner import vector_rows
 from embedfleet.job.sink import Output
 from embedfleet.job.spec import MODES
 from embedfleet.output import embedding_metadata, embeddings_table, write_parquet
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a job spec: embed a dataset into Parquet",
         epilog="exit codes: 0 done; 1 shards failed (re-run retries them); 2 bad spec; "
-        "3 locked; 4 stopped at the budget (re-run with a higher budget to resume); "
+        "3 locked; 4 stopped at the budget (re-run to resume, with a fresh per-run budget); "
         "130 interrupted",
     )
     _job_arguments(run)
@@ -117,6 +118,13 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="job spec (TOML)")
     parser.add_argument("--output", help="override output.uri")
     parser.add_argument("--mode", choices=MODES, help="override output.mode")
+    parser.add_argument(
+        "--incremental",
+        action="store_const",
+        const="incremental",
+        dest="mode",
+        help="same as --mode incremental: embed only new and changed rows",
+    )
     parser.add_argument("--rows-per-shard", type=int, help="override output.rows_per_shard")
     parser.add_argument("--replicas", type=int, help="override fleet.replicas")
     parser.add_argument("--num-cpus", type=float, help="override fleet.num_cpus")
@@ -163,6 +171,9 @@ def _run(arguments: argparse.Namespace) -> int:
                 ("rows read", result.rows_read),
                 ("embedded", result.embedded),
                 ("carried over", result.carried_over),
+                ("reused", result.reused),
+                ("deleted", result.deleted),
+                ("resumed", f"{result.resumed} (rows committed by an earlier attempt)"),
                 ("rejected", result.rejected),
                 ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
                 ("failed shards", len(result.failed_shards)),
@@ -186,8 +197,9 @@ def _run(arguments: argparse.Namespace) -> int:
             f"embedfleet: stopped at the budget ({result.token_limit:,} tokens for this run): "
             f"{result.tokens:,} tokens used ({format_cost(result.estimated_cost)}), "
             f"{result.shards_remaining} of {result.shards} shards remain. Committed shards stay; "
-            "re-run with a higher budget.max_tokens / budget.max_cost (or --max-tokens / "
-            "--max-cost) to resume.",
+            "a re-run resumes them with a fresh budget of its own (the budget is per run: "
+            "set budget.max_tokens / budget.max_cost, or --max-tokens / --max-cost, to what "
+            "the rest may spend).",
             file=sys.stderr,
         )
     if result.failed_shards:
@@ -217,6 +229,7 @@ def _plan(arguments: argparse.Namespace) -> int:
     rows += [
         ("snapshot", plan.snapshot),
         ("committed shards", plan.committed),
+        ("base", plan.base),
         ("note", plan.note),
     ]
     _print_table(rows)
@@ -229,7 +242,7 @@ def _status(arguments: argparse.Namespace) -> int:
     lease = output.read_lease()
     print(f"output: {arguments.output}")
     print(f"lock: {'held by ' + lease.owner if lease else 'free'}")
-    rows = [("SNAPSHOT", "STATE", "SHARDS", "EMBEDDED", "REJECTED")]
+    rows = [("SNAPSHOT", "STATE", "SHARDS", "VECTORS", "REJECTED")]
     for run_id in output.snapshot_ids():
         snapshot = output.snapshot(run_id)
         markers = snapshot.commits()
@@ -244,7 +257,7 @@ def _status(arguments: argparse.Namespace) -> int:
                 run_id,
                 state,
                 f"{len(markers)}/{planned}",
-                str(sum(marker["embedded"] for marker in markers.values())),
+                str(sum(vector_rows(marker) for marker in markers.values())),
                 str(sum(marker["rejected"] for marker in markers.values())),
             )
         )

@@ -113,6 +113,22 @@ def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes
             fs.rm(temporary)
 
 
+def copy_atomically(fs: fsspec.AbstractFileSystem, source: str, path: str) -> None:
+    """Copy a file whole or not at all: a server-side copy on object stores (one new
+    object), a temporary name renamed into place on local disks."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" not in protocols and "local" not in protocols:
+        fs.copy(source, path)
+        return
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.copy(source, temporary)
+        fs.mv(temporary, path)
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+
+
 def read_metadata(uri: str) -> dict[str, Any]:
     """The ``embedfleet`` metadata of a Parquet file written by embedfleet."""
     fs, path = fsspec.core.url_to_fs(uri)

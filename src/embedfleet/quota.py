@@ -165,23 +165,31 @@ class _LocalLedger:
 
 
 class _RemoteLedger:
-    """The same calls, answered by a QuotaActor."""
+    """The same calls, answered by a QuotaActor (found again by name if it was lost)."""
 
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    def __init__(self, key: str, limits: RateLimits) -> None:
+        self.key = key
+        self.limits = limits
+        self.actor = shared_ledger(key, limits)
 
     def lease(self, requests: int, tokens: int) -> Lease:
-        import ray
-
-        return ray.get(self.actor.lease.remote(requests, tokens))  # type: ignore[no-any-return]
+        return self._call("lease", requests, tokens)  # type: ignore[no-any-return]
 
     def pause(self, seconds: float) -> None:
         self.actor.pause.remote(seconds)  # fire and forget: this process pauses locally too
 
     def paused_for(self) -> float:
-        import ray
+        return self._call("paused_for")  # type: ignore[no-any-return]
 
-        return ray.get(self.actor.paused_for.remote())  # type: ignore[no-any-return]
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            return ray.get(getattr(self.actor, method).remote(*args))
+        except RayActorError:  # its node died: the next caller creates it anew
+            self.actor = shared_ledger(self.key, self.limits)
+            return ray.get(getattr(self.actor, method).remote(*args))
 
 
 class Pacer:
@@ -253,30 +261,39 @@ class Pacer:
             self._slots.popleft()
         if self._tokens_left and self._token_cursor < stale:
             self._tokens_left = 0
-        need_requests = rpm is not None and not self._slots
-        need_tokens = tpm is not None and tokens > self._tokens_left
-        token_time = self._token_cursor
-        if need_requests or need_tokens:
-            extra = max(self._chunk_tokens, tokens - self._tokens_left) if need_tokens else 0
+        need = tokens if tpm is not None else 0  # tokens this request still has to book
+        token_time = now
+        while True:
+            need_requests = rpm is not None and not self._slots
+            need_tokens = need > self._tokens_left
+            if not (need_requests or need_tokens):
+                break
+            extra = max(self._chunk_tokens, need - self._tokens_left) if need_tokens else 0
             lease = self._ledger.lease(self._chunk_requests if need_requests else 0, extra)
-            self._note_pause(now + lease.paused_for)
+            self._note_pause(now + lease.paused_for)  # may spoil what is left: loop again
             if need_requests:
                 first = now + lease.request_delay
                 self._slots.extend(
                     first + index * lease.request_interval for index in range(lease.requests)
                 )
             if need_tokens:
-                # the leftover tokens were booked earlier; this request goes when the
-                # new lease starts and spends the leftover plus the start of the lease
+                # the leftover was booked earlier: this request spends it, then the start
+                # of the new lease, and goes when the new lease starts
                 token_time = now + lease.token_delay
-                spent_here = tokens - self._tokens_left
-                self._token_cursor = token_time + spent_here * self._token_interval
-                self._tokens_left = extra - spent_here
-        if tpm is not None and not need_tokens:
-            self._token_cursor += tokens * self._token_interval
-            self._tokens_left -= tokens
+                from_lease = need - self._tokens_left
+                if from_lease > extra:  # a pause spoiled the leftover; book the rest
+                    need -= self._tokens_left + extra
+                    self._tokens_left = 0
+                    continue
+                self._token_cursor = token_time + from_lease * self._token_interval
+                self._tokens_left = extra - from_lease
+                need = 0
+        if need:  # enough was left from earlier leases
+            token_time = self._token_cursor
+            self._token_cursor += need * self._token_interval
+            self._tokens_left -= need
         request_time = self._slots.popleft() if rpm is not None else now
-        return max(request_time, token_time if tpm is not None else now, self._paused_until)
+        return max(request_time, token_time, self._paused_until)
 
 
 class AdaptiveConcurrency:
@@ -339,11 +356,10 @@ _local_lock = threading.Lock()
 
 
 def pacer_for(key: str, limits: RateLimits, sleep: Callable[[float], None] = time.sleep) -> Pacer:
-    """A Pacer on the shared budget ``key``: a Ray actor when Ray is running here
-    (a fleet replica, a job, or a driver beside them), else an in-process ledger."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return Pacer(_RemoteLedger(shared_ledger(key, limits)), limits, sleep=sleep)
+    """A Pacer on the shared budget ``key``: the quota actor inside a Ray worker (a fleet
+    replica, a job's task), else a ledger shared by this process's functions."""
+    if _in_ray_worker():
+        return Pacer(_RemoteLedger(key, limits), limits, sleep=sleep)
     with _local_lock:
         ledger = _local_ledgers.get(key)
         if ledger is None:
@@ -351,6 +367,14 @@ def pacer_for(key: str, limits: RateLimits, sleep: Callable[[float], None] = tim
         else:
             ledger.configure(limits)
     return Pacer(_LocalLedger(ledger), limits, sleep=sleep)
+
+
+def _in_ray_worker() -> bool:
+    """True in a Ray actor or task process, False in a driver or without Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    return bool(ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
 
 
 def shared_ledger(key: str, limits: RateLimits) -> Any:

@@ -66,6 +66,10 @@ class GoogleGenerativeAiEmbeddingFunction(HttpEmbeddingFunction):
             **super().get_config(),
         }
 
+    def refused_credentials(self, status: int, detail: str) -> bool:
+        """Google answers a bad key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID."""
+        return status == 400 and "API_KEY_INVALID" in detail
+
     def headers(self) -> dict[str, str]:
         key = self.api_key()
         return {"x-goog-api-key": key} if key else {}

@@ -177,14 +177,13 @@ class HttpEmbeddingFunction(EmbeddingFunction):
             yield from super()._embed_batches(batches, query=query)
             return
         workers = min(self.max_concurrency, len(batches))
-        with ThreadPoolExecutor(workers, thread_name_prefix="embedfleet-http") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="embedfleet-http")
+        try:
             futures = [pool.submit(self.embed_batch, batch, query=query) for batch in batches]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+            for future in futures:
+                yield future.result()
+        finally:  # on an error, do not sit out the other batches' retries
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def max_tokens(self) -> int | None:
         return self.max_tokens_per_input
@@ -325,8 +324,10 @@ class HttpEmbeddingFunction(EmbeddingFunction):
                     result = send()
                 self._concurrency.succeeded()
                 return result
-            except HttpFailure as failure:
-                status, detail = failure.status, self._redact(failure.detail)
+            except HttpFailure as raw:
+                status, detail = raw.status, self._redact(raw.detail)
+                # what gets chained to the typed error: redacted, and nothing under it
+                failure = HttpFailure(status, raw.headers, detail)
                 retryable = status is None or status < 300 or status in RETRY_STATUSES
                 retryable = retryable or status >= 500
                 if retryable and attempt < self.max_retries:
@@ -345,7 +346,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
                     error = RateLimitError if status == 429 else ProviderError
                     message = f"{where} answered {status} after {attempt + 1} tries: {detail}"
                     raise error(message, status=status) from failure
-                if status in AUTH_STATUSES:
+                if status in AUTH_STATUSES or self.refused_credentials(status, detail):
                     variable = self.api_key_env_var or "the api_key argument"
                     raise AuthenticationError(
                         f"{where} refused the credentials ({status}); check {variable}: {detail}",
@@ -359,6 +360,10 @@ class HttpEmbeddingFunction(EmbeddingFunction):
                     f"{where} answered {status}: {detail}", status=status
                 ) from failure
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def refused_credentials(self, status: int, detail: str) -> bool:
+        """Whether a non-401/403 answer means a bad key (providers that say so with 400)."""
+        return False
 
     def pacer(self) -> Pacer:
         """This process's view of the quota shared by everything using the same key."""

@@ -15,18 +15,19 @@ if TYPE_CHECKING:
 
 #: Tasks after which ``embed_query`` sends ``retrieval.query`` instead.
 QUERY_TASK = "retrieval.query"
-_DOCUMENT_TASKS = (None, "retrieval.passage")
+DOCUMENT_TASK = "retrieval.passage"
 #: Models with task adapters; older ones (v2) refuse a ``task`` field.
 _TASK_MODELS = ("jina-embeddings-v3", "jina-embeddings-v4")
 
 
 @register("jina")
 class JinaEmbeddingFunction(HttpEmbeddingFunction):
-    """Jina embeddings. ``task`` is sent for documents (nothing when None);
-    ``embed_query`` sends ``retrieval.query`` when ``task`` is
-    ``retrieval.passage``, or None on a model with task adapters (v3, v4), else
-    the configured task. ``dimensions``,
-    ``late_chunking`` and ``normalized`` are sent only when set.
+    """Jina embeddings. ``task`` is sent with documents; with ``task=None`` a model
+    with task adapters (v3, v4) gets ``retrieval.passage`` and older models no task.
+    ``embed_query`` sends ``retrieval.query`` in place of ``retrieval.passage``, and
+    any other task as configured. ``dimensions`` and ``normalized`` are sent only
+    when set; ``truncate`` follows ``on_long``. ``late_chunking=True`` is refused:
+    it needs requests made of one document's chunks, in order.
     """
 
     max_inputs_per_request = 2048
@@ -47,6 +48,12 @@ class JinaEmbeddingFunction(HttpEmbeddingFunction):
             not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
         ):
             raise ConfigError(f"dimensions must be a positive integer, got {dimensions!r}")
+        if late_chunking:
+            raise ConfigError(
+                "late_chunking=True embeds each chunk in the context of the others sent in the "
+                "same request; embedfleet de-duplicates, sorts and splits batches, so that "
+                "context would be arbitrary. Send one document's chunks with Jina's API directly."
+            )
         super().__init__(api_key_env_var=api_key_env_var, **options)
         self.model_name = model_name
         self.task = task
@@ -66,10 +73,17 @@ class JinaEmbeddingFunction(HttpEmbeddingFunction):
         }
 
     def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
-        adapters = self.task is not None or self.model_name.startswith(_TASK_MODELS)
-        swap = query and adapters and self.task in _DOCUMENT_TASKS
-        task = QUERY_TASK if swap else self.task
-        body: dict[str, Any] = {"model": self.model_name, "input": texts, "embedding_type": "float"}
+        task = self.task
+        if task is None and self.model_name.startswith(_TASK_MODELS):
+            task = DOCUMENT_TASK  # the retrieval pair, so documents and queries match
+        if query and task == DOCUMENT_TASK:
+            task = QUERY_TASK
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "input": texts,
+            "embedding_type": "float",
+            "truncate": self.on_long == "truncate",  # else Jina refuses over-long texts
+        }
         optional = {
             "task": task,
             "dimensions": self.dimensions,

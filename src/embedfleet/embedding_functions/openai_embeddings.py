@@ -91,7 +91,9 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
                 import openai
 
                 common = {
-                    "api_key": self.api_key(),
+                    # never None: the SDK would then read OPENAI_API_KEY itself and send it
+                    # to whatever server api_base names
+                    "api_key": self.api_key() or "no-key",
                     "organization": self.organization_id,
                     "default_headers": self.default_headers or None,
                     "timeout": self.timeout,
@@ -113,10 +115,17 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
         return count_tokens(texts, encoding=encoding_for_model(self.model_name))
 
     def embed_request(self, texts: Documents, *, query: bool, tokens: int = 0) -> list[Any]:
-        response = self.with_retries(lambda: self._create(texts), self.api_base, tokens=tokens)
-        return [_decode(item.embedding) for item in sorted(response.data, key=_index)]
+        return self.with_retries(lambda: self._create(texts), self.api_base, tokens=tokens)  # type: ignore[no-any-return]
 
-    def _create(self, chunk: Documents) -> Any:
+    def _create(self, chunk: Documents) -> list[Any]:
+        """One SDK call, its vectors decoded; every failure an HttpFailure."""
+        response = self._call(chunk)
+        try:
+            return [_decode(item.embedding) for item in sorted(response.data, key=_index)]
+        except (AttributeError, TypeError, ValueError) as exc:  # base64 or shape damaged
+            raise HttpFailure(200, {}, f"unreadable vectors: {type(exc).__name__}") from None
+
+    def _call(self, chunk: Documents) -> Any:
         import openai
 
         options: dict[str, Any] = {"encoding_format": self.encoding_format}
@@ -126,10 +135,12 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
             return self._http().embeddings.create(
                 input=chunk, model=self.deployment_id or self.model_name, **options
             )
-        except openai.APIStatusError as exc:
-            raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from exc
+        except openai.APIStatusError as exc:  # chained to nothing: its text may echo the key
+            raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from None
         except openai.APIConnectionError as exc:
-            raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from exc
+            raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from None
+        except (ValueError, openai.APIResponseValidationError) as exc:  # truncated JSON
+            raise HttpFailure(200, {}, f"unreadable answer: {type(exc).__name__}") from None
 
 
 def _index(item: Any) -> int:

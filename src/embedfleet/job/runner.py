@@ -31,16 +31,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from embedfleet import pricing, tokens
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
-from embedfleet.job import sink, sources
+from embedfleet.job import incremental, sink, sources
 from embedfleet.job.sources import Shard, ShardRows
 from embedfleet.job.spec import JobSpec
-from embedfleet.output import embedding_metadata, embeddings_table
+from embedfleet.output import content_hash, embedding_metadata, embeddings_table
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class JobPlan:
     token_basis: str = ""  # how estimated_tokens was found ("counted over all N rows", ...)
     price: pricing.Price = field(default_factory=lambda: pricing.Price(0.0, "local model"))
     token_limit: int | None = None  # this run's budget in tokens; None: no limit
+    base: str | None = None  # incremental: the snapshot unchanged rows are carried from
 
     @property
     def estimated_cost(self) -> float | None:
@@ -93,6 +96,7 @@ class JobPlan:
             "budget": self.budget_note(),
             "snapshot": self.snapshot,
             "committed_shards": self.committed,
+            "base": self.base,
             "note": self.note,
         }
 
@@ -105,7 +109,10 @@ class JobResult:
     rows_read: int = 0
     embedded: int = 0
     rejected: int = 0
-    carried_over: int = 0  # rows in shards committed by an earlier, interrupted run
+    resumed: int = 0  # rows in shards committed by an earlier, interrupted run
+    carried_over: int = 0  # incremental: unchanged rows whose vectors came from the base
+    reused: int = 0  # incremental: rows whose text had a vector under another id in the base
+    deleted: int = 0  # incremental: ids of the base no longer in the source
     shards: int = 0
     shards_skipped: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
@@ -171,7 +178,7 @@ class Job:
     def plan(self) -> JobPlan:
         price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        target, committed, note = self._choose_snapshot(shards)
+        target, committed, note, base = self._choose_snapshot(shards)
         estimated_tokens, basis = self._estimate_tokens(shards)
         return JobPlan(
             fingerprint=self.fingerprint,
@@ -184,6 +191,7 @@ class Job:
             token_basis=basis,
             price=price,
             token_limit=limit,
+            base=base,
         )
 
     def _estimate_tokens(self, shards: list[Shard]) -> tuple[int, str]:
@@ -231,12 +239,12 @@ class Job:
             stream.close()
         return rows, count_tokens(self.counter, texts), True
 
-    def _choose_snapshot(self, shards: list[Shard]) -> tuple[str | None, int, str]:
+    def _choose_snapshot(self, shards: list[Shard]) -> tuple[str | None, int, str, str | None]:
+        """(snapshot to resume or None for a new one, its committed shards, what the run
+        would do, the base snapshot of an incremental run)."""
         mode = self.spec.output.mode
-        if mode == "incremental":
-            raise ConfigError("output.mode = 'incremental' is not available yet; use resume")
         if mode == "overwrite":
-            return None, 0, "overwrite: a new snapshot embeds every shard"
+            return None, 0, "overwrite: a new snapshot embeds every shard", None
         latest = self.output.latest()
         unfinished = [
             run
@@ -244,7 +252,10 @@ class Job:
             if (latest is None or run > latest) and not self.output.snapshot(run).is_complete()
         ]
         if not unfinished:
-            return None, 0, "a new snapshot embeds every shard"
+            if mode == "incremental":
+                base, note = self._incremental_base(latest)
+                return None, 0, note, base
+            return None, 0, "a new snapshot embeds every shard", None
         newest = self.output.snapshot(unfinished[-1])
         info = newest.run_info() or {}
         if info.get("fingerprint") != self.fingerprint:
@@ -255,10 +266,27 @@ class Job:
             )
         planned = {shard.shard_id for shard in shards}
         committed = len(planned & set(newest.commits()))
-        return (
-            newest.run_id,
-            committed,
-            (f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"),
+        base = info.get("base")
+        note = f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
+        if base:
+            note += f" (incremental from {sink.SNAPSHOTS}/{base})"
+        return newest.run_id, committed, note, base
+
+    def _incremental_base(self, latest: str | None) -> tuple[str | None, str]:
+        """The snapshot an incremental run carries unchanged rows from, and why (not)."""
+        if latest is None:
+            return None, "incremental: no complete snapshot yet, so every row is embedded"
+        info = self.output.snapshot(latest).run_info() or {}
+        if info.get("fingerprint") != self.fingerprint:
+            return None, (
+                f"incremental: the embedding function or its config changed since "
+                f"{sink.SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
+                f"{self.fingerprint}), so every row is re-embedded (full re-embed)"
+            )
+        return latest, (
+            f"incremental from {sink.SNAPSHOTS}/{latest}: unchanged rows are carried over, "
+            "texts it already has are reused, new and changed rows are embedded, and ids "
+            "no longer in the source are dropped"
         )
 
     # ------------------------------------------------------------------ running
@@ -317,6 +345,8 @@ class Job:
                     "spec": self.spec.to_public_dict(),
                     "embedding": metadata,
                     "shards": [shard.shard_id for shard in plan.shards],
+                    "mode": self.spec.output.mode,
+                    "base": plan.base,
                 }
             )
         planned = {shard.shard_id for shard in plan.shards}
@@ -334,12 +364,16 @@ class Job:
             token_limit=limit,
         )
         for marker in committed.values():
-            result.carried_over += marker["embedded"]
+            result.resumed += marker["embedded"] + marker.get("carried", 0)
+            result.resumed += marker.get("reused", 0)
             result.rejected += marker["rejected"]
             result.rows_read += marker["rows"]
+        base = None
+        if plan.base is not None:
+            base = incremental.build_index(self.output.snapshot(plan.base))
         if todo:
             self._embed_shards(
-                todo, snapshot, metadata, result, progress, on_shard, signals, started, limit
+                todo, snapshot, metadata, result, progress, on_shard, signals, started, limit, base
             )
         if stop.is_set():
             raise KeyboardInterrupt
@@ -348,7 +382,7 @@ class Job:
         if result.budget_stopped:
             logger.warning(
                 "stopped at the budget (%s tokens this run): %d tokens used, %d of %d shards "
-                "remain; re-run with a higher budget to resume",
+                "remain; re-run to resume, with a fresh per-run budget",
                 limit,
                 result.tokens,
                 result.shards_remaining,
@@ -356,13 +390,22 @@ class Job:
             )
         if not result.failed_shards and not result.budget_stopped:
             self._check_unique_ids(snapshot, plan.shards)
-            total_tokens = result.tokens + sum(m.get("tokens", 0) for m in committed.values())
+            markers = [marker for shard, marker in snapshot.commits().items() if shard in planned]
+            total_tokens = sum(marker.get("tokens", 0) for marker in markers)
+            if base is not None:
+                result.deleted = base.rows - sum(marker.get("known_ids", 0) for marker in markers)
             snapshot.finish(
                 {
                     "fingerprint": self.fingerprint,
                     "embedding": metadata,
+                    "mode": self.spec.output.mode,
+                    "base": plan.base,
                     "rows": result.rows_read,
-                    "embedded": result.embedded + result.carried_over,
+                    "vectors": sum(vector_rows(marker) for marker in markers),
+                    "embedded": sum(marker["embedded"] for marker in markers),
+                    "carried_over": sum(marker.get("carried", 0) for marker in markers),
+                    "reused": sum(marker.get("reused", 0) for marker in markers),
+                    "deleted": result.deleted,
                     "rejected": result.rejected,
                     "tokens": total_tokens,
                     "estimated_cost": price.cost(total_tokens),
@@ -384,6 +427,7 @@ class Job:
         signals: _StopOnSignal,
         started: float,
         limit: int | None,
+        base: incremental.BaseIndex | None,
     ) -> None:
         import ray
 
@@ -416,6 +460,7 @@ class Job:
         if limit is not None:  # one ledger per run: shards reserve their tokens in it
             budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(limit)
         bar = _progress_bar(sum(shard.estimated_rows for shard in todo), progress)
+        base_ref = ray.put(base) if base is not None else None  # one copy, shared by tasks
         pending: dict[Any, Shard] = {}
         queue = list(todo)
         done_count = 0
@@ -424,7 +469,14 @@ class Job:
                 while queue and len(pending) < window and not result.budget_stopped:
                     shard = queue.pop(0)
                     ref = task.remote(
-                        shard, self.spec, fleet, snapshot.run_id, metadata, self.counter, budget
+                        shard,
+                        self.spec,
+                        fleet,
+                        snapshot.run_id,
+                        metadata,
+                        self.counter,
+                        budget,
+                        base_ref,
                     )
                     pending[ref] = shard
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -444,6 +496,8 @@ class Job:
                         continue
                     result.rows_read += marker["rows"]
                     result.embedded += marker["embedded"]
+                    result.carried_over += marker.get("carried", 0)
+                    result.reused += marker.get("reused", 0)
                     result.rejected += marker["rejected"]
                     result.tokens += marker["tokens"]
                     done_count += 1
@@ -485,10 +539,13 @@ def embed_shard(
     metadata: dict[str, Any],
     counter: EmbeddingFunction | None = None,
     budget: Any = None,
+    base: incremental.BaseIndex | None = None,
 ) -> dict[str, Any]:
     """Read one shard, count its tokens, reserve them in ``budget`` (a TokenBudget actor,
     if any), embed its texts on the fleet, commit part + rejects + marker.
 
+    With ``base`` (an incremental run), rows whose vectors the base snapshot already
+    holds are taken from it, and only the rest is counted, reserved and embedded.
     A shard whose tokens the budget refuses is neither embedded nor committed: the
     answer is ``{"shard_id", "over_budget": True, "tokens"}``.
     """
@@ -507,13 +564,53 @@ def embed_shard(
             for name in columns:
                 columns[name].append(piece.columns[name][index])
     read_done = time.perf_counter()
-    shard_tokens = count_tokens(counter, texts)
-    if budget is not None:
+    output = sink.Output(spec.output.uri, spec.output.storage_options)
+    snapshot = output.snapshot(run_id)
+    matches = None
+    to_embed = list(range(len(texts)))
+    if base is not None:
+        matches = incremental.match(ids, [content_hash(text) for text in texts], base)
+        to_embed = np.flatnonzero(matches.kinds == incremental.EMBED).tolist()
+    shard_tokens = count_tokens(counter, [texts[i] for i in to_embed])
+    if budget is not None and to_embed:
         import ray
 
         if not ray.get(budget.reserve.remote(shard_tokens)):
             return {"shard_id": shard.shard_id, "over_budget": True, "tokens": shard_tokens}
-    vectors, refused = embed_or_isolate(fleet, texts)
+    info = {
+        "relative_path": shard.relative_path,
+        "unit": shard.unit,
+        "start": shard.start,
+        "end": shard.end,
+        "rows": rows,
+        "characters": sum(len(texts[i]) for i in to_embed),
+        "tokens": shard_tokens,
+        "carried": matches.count(incremental.CARRY) if matches else 0,
+        "reused": matches.count(incremental.REUSE) if matches else 0,
+        "known_ids": matches.known_ids if matches else 0,
+        "read_seconds": round(read_done - started, 3),
+    }
+    if base is not None and matches is not None and not reject_ids:
+        part = incremental.whole_part(matches, base)
+        base_snapshot = output.snapshot(base.run_id)
+        if part is not None and _same_columns(base_snapshot, part, columns):
+            info.update(embedded=0, rejected=0, copied_from=f"{base_snapshot.relative}/{part}")
+            return snapshot.adopt_part(shard.shard_id, base_snapshot.path(part), info)
+    vectors: list[Any] = [None] * len(texts)
+    fresh, refused = embed_or_isolate(fleet, [texts[i] for i in to_embed])
+    if len(to_embed) > 1 and len(refused) == len(to_embed):  # a setup problem, not bad rows
+        raise BadRequestError(
+            f"{shard.uri}: the provider refused every one of the shard's {len(to_embed)} rows "
+            f"(check the key and the config); first refusal: {next(iter(refused.values()))}"
+        )
+    for position, vector in zip(to_embed, fresh, strict=True):
+        vectors[position] = vector
+    if matches is not None and base is not None:
+        taken = np.flatnonzero(matches.kinds != incremental.EMBED)
+        old = incremental.fetch_vectors(output.snapshot(base.run_id), base, matches.sources[taken])
+        for position, vector in zip(taken.tolist(), old, strict=True):
+            vectors[position] = vector
+    refused = {to_embed[index]: reason for index, reason in refused.items()}
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
         for index, reason in sorted(refused.items()):
@@ -532,23 +629,28 @@ def embed_shard(
         if reject_ids
         else None
     )
-    output = sink.Output(spec.output.uri, spec.output.storage_options)
-    info = {
-        "relative_path": shard.relative_path,
-        "unit": shard.unit,
-        "start": shard.start,
-        "end": shard.end,
-        "rows": rows,
-        "embedded": len(texts),
-        "rejected": len(reject_ids),
-        "characters": sum(map(len, texts)),
-        "tokens": shard_tokens,
-        "read_seconds": round(read_done - started, 3),
-        "embed_seconds": round(embed_done - read_done, 3),
-    }
-    marker = output.snapshot(run_id).commit_shard(shard.shard_id, part, rejects, info)
+    info.update(
+        embedded=len(to_embed) - len(refused),
+        rejected=len(reject_ids),
+        embed_seconds=round(embed_done - read_done, 3),
+    )
+    marker = snapshot.commit_shard(shard.shard_id, part, rejects, info)
     marker["write_seconds"] = round(time.perf_counter() - embed_done, 3)
     return marker
+
+
+def vector_rows(marker: dict[str, Any]) -> int:
+    """Rows with a vector in a committed shard's part."""
+    return int(marker["embedded"] + marker.get("carried", 0) + marker.get("reused", 0))
+
+
+def _same_columns(base: sink.Snapshot, part: str, columns: dict[str, list[Any]]) -> bool:
+    """Whether the base part holds these passthrough values (a copy would keep its own)."""
+    if not columns:
+        return True
+    with base.fs.open(base.path(part), "rb") as handle:
+        table = pq.read_table(handle, columns=list(columns))
+    return all(table[name].to_pylist() == values for name, values in columns.items())
 
 
 def count_tokens(counter: EmbeddingFunction | None, texts: list[str]) -> int:

@@ -34,7 +34,7 @@ import fsspec
 import pyarrow as pa
 
 from embedfleet.errors import ConfigError, LockedError
-from embedfleet.output import parquet_bytes, write_bytes_atomically
+from embedfleet.output import copy_atomically, parquet_bytes, write_bytes_atomically
 
 LATEST = "_latest"
 LOCK = "_lock"
@@ -194,6 +194,15 @@ class Snapshot:
             marker["rejects"] = f"{REJECTS}/{shard_id}.parquet"
             self.fs.makedirs(self.path(REJECTS), exist_ok=True)
             write_bytes_atomically(self.fs, self.path(marker["rejects"]), parquet_bytes(rejects))
+        blob = json.dumps(marker, indent=2).encode()
+        write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
+        return marker
+
+    def adopt_part(self, shard_id: str, source: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Commit ``source`` (a part of another snapshot, on the same filesystem) as this
+        shard's part by copying the file: server-side on object stores."""
+        marker = {"shard_id": shard_id, **info, "part": f"part-{shard_id}.parquet", "rejects": None}
+        copy_atomically(self.fs, source, self.path(marker["part"]))
         blob = json.dumps(marker, indent=2).encode()
         write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
         return marker

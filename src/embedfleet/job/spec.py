@@ -165,6 +165,12 @@ class JobSpec:
         return spec
 
     def check(self) -> None:
+        if "api_key" in self.embedding.config:
+            raise ConfigError(
+                "embedding.config.api_key: a job spec is recorded next to its output, so it "
+                "must not hold a key; set api_key_env_var to the name of an environment "
+                "variable that holds it"
+            )
         self.source.check()
         self.fleet.check()
         self.output.check()

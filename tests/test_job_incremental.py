@@ -1,0 +1,199 @@
+"""Incremental re-embedding end to end: a real local Ray fleet calling a real HTTP
+provider (a TEI fake on 127.0.0.1) that records every text it is sent."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import embedfleet
+from embedfleet.cli import EXIT_LOCKED, main
+from embedfleet.job import Job, JobSpec, sink
+from tests.fakes import tei
+from tests.fakes.server import FakeServer, Fault
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+@pytest.fixture
+def server():
+    server = FakeServer(tei.answer)
+    yield server
+    server.stop()
+
+
+def sent_texts(server: FakeServer) -> Counter[str]:
+    return Counter(text for request in server.requests for text in request.body["inputs"])
+
+
+def corpus(count: int) -> dict[str, str]:
+    return {f"doc-{index:04d}": f"original text of document {index}" for index in range(count)}
+
+
+def write_corpus(path: Path, documents: dict[str, str]) -> None:
+    lines = [
+        json.dumps({"id": id_, "text": text, "length": len(text)})
+        for id_, text in documents.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def make_spec(source: Path, output: Path, server: FakeServer, **config: object) -> JobSpec:
+    return JobSpec.from_dict(
+        {
+            "source": {"uri": str(source), "id_column": "id", "columns": ["length"]},
+            "embedding": {
+                "provider": "huggingface_server",
+                "config": {"url": f"{server.url}/embed", "max_retries": 0, **config},
+            },
+            "fleet": {"replicas": 2, "num_cpus": 0},
+            "output": {"uri": str(output), "rows_per_shard": 40, "mode": "incremental"},
+        }
+    )
+
+
+def by_id(uri: Path) -> dict[str, dict]:
+    table = embedfleet.read(str(uri)).to_table()
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def test_a_rerun_embeds_exactly_the_new_and_changed_rows(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    before = corpus(200)
+    write_corpus(source, before)
+    first = Job(make_spec(source, output, server)).run(progress=False)
+    assert first.complete and first.embedded == 200 and first.carried_over == 0
+    first_snapshot = sink.Output(str(output)).latest()
+
+    after = dict(before)
+    ids = sorted(before)
+    changed, deleted = ids[0:200:10], ids[5:200:20]  # 10% changed, 5% deleted
+    for id_ in changed:
+        after[id_] = f"rewritten text of {id_}"
+    for id_ in deleted:
+        del after[id_]
+    new = {f"doc-new-{index}": f"a brand new document {index}" for index in range(10)}  # 5% new
+    after.update(new)
+    write_corpus(source, after)
+    server.requests.clear()
+
+    job = Job(make_spec(source, output, server))
+    assert job.plan().base == first_snapshot
+    result = job.run(progress=False)
+
+    expected = Counter([after[id_] for id_ in changed] + list(new.values()))
+    assert sent_texts(server) == expected  # exactly the changed and new texts, once each
+    assert result.complete
+    assert (result.embedded, result.carried_over, result.reused, result.deleted) == (30, 170, 0, 10)
+    manifest = sink.Output(str(output)).snapshot(result.run_id).manifest()
+    assert manifest["base"] == first_snapshot and manifest["deleted"] == 10
+    assert manifest["vectors"] == 200 and manifest["carried_over"] == 170
+
+    # the snapshot equals a full re-embed of the new corpus, passthrough columns included
+    full = make_spec(source, tmp_path / "full", server)
+    full.output.mode = "overwrite"
+    assert Job(full).run(progress=False).complete
+    incremental_rows, full_rows = by_id(output), by_id(tmp_path / "full")
+    assert incremental_rows.keys() == full_rows.keys() == after.keys()
+    for id_, row in full_rows.items():
+        assert incremental_rows[id_]["content_hash"] == row["content_hash"]
+        assert incremental_rows[id_]["length"] == row["length"] == len(after[id_])
+        np.testing.assert_allclose(incremental_rows[id_]["embedding"], row["embedding"], rtol=1e-6)
+    # the previous snapshot is kept, whole (keep_snapshots)
+    assert sink.Output(str(output)).snapshot(first_snapshot).is_complete()
+
+
+def test_unchanged_shards_are_copied_and_known_texts_reused(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    documents = corpus(120)
+    write_corpus(source, documents)
+    assert Job(make_spec(source, output, server)).run(progress=False).complete
+    server.requests.clear()
+
+    again = Job(make_spec(source, output, server)).run(progress=False)
+    assert again.complete and again.embedded == 0 and again.carried_over == 120
+    assert not server.requests  # nothing sent to the provider
+    markers = sink.Output(str(output)).snapshot(again.run_id).commits().values()
+    assert all(marker["copied_from"].endswith(".parquet") for marker in markers)
+
+    documents["doc-copy"] = documents["doc-0007"]  # a new id with a text already embedded
+    write_corpus(source, documents)
+    server.requests.clear()
+    reuse = Job(make_spec(source, output, server)).run(progress=False)
+    assert reuse.complete and reuse.reused == 1 and reuse.embedded == 0
+    assert not server.requests
+    rows = by_id(output)
+    np.testing.assert_array_equal(rows["doc-copy"]["embedding"], rows["doc-0007"]["embedding"])
+
+
+def test_a_changed_config_re_embeds_everything_and_plan_says_so(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    write_corpus(source, corpus(60))
+    assert Job(make_spec(source, output, server)).run(progress=False).complete
+    server.requests.clear()
+    job = Job(make_spec(source, output, server, normalize=False))
+    plan = job.plan()
+    assert plan.base is None and "every row is re-embedded" in plan.note
+    result = job.run(progress=False)
+    assert result.complete and result.embedded == 60 and result.carried_over == 0
+    assert sum(sent_texts(server).values()) == 60
+
+
+def test_a_failed_incremental_run_leaves_the_previous_snapshot_whole(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    documents = corpus(80)
+    write_corpus(source, documents)
+    assert Job(make_spec(source, output, server)).run(progress=False).complete
+    latest = sink.Output(str(output)).latest()
+    before = embedfleet.read(str(output)).to_table()
+
+    documents.update({f"doc-extra-{index}": f"extra document {index}" for index in range(5)})
+    write_corpus(source, documents)
+    server.faults.extend([Fault(500, b'{"error": "down"}')] * 50)  # max_retries = 0
+    failed = Job(make_spec(source, output, server)).run(progress=False)
+    assert not failed.complete and failed.failed_shards
+    assert sink.Output(str(output)).latest() == latest
+    assert embedfleet.read(str(output)).to_table().equals(before)
+
+    server.faults.clear()
+    resumed = Job(make_spec(source, output, server)).run(progress=False)
+    assert resumed.complete and len(by_id(output)) == 85
+
+
+def test_an_overlapping_scheduled_run_is_refused_with_exit_code_3(tmp_path, server, capsys):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    write_corpus(source, corpus(10))
+    spec = make_spec(source, output, server)
+    spec_file = tmp_path / "job.toml"
+    spec_file.write_text(
+        "\n".join(
+            [
+                "[source]",
+                f'uri = "{source}"',
+                'id_column = "id"',
+                "[embedding]",
+                'provider = "huggingface_server"',
+                "[embedding.config]",
+                f'url = "{server.url}/embed"',
+                "[fleet]",
+                "num_cpus = 0",
+                "[output]",
+                f'uri = "{output}"',
+            ]
+        )
+        + "\n"
+    )
+    holder = sink.Output(spec.output.uri)
+    lease = holder.acquire()  # a nightly run still going
+    try:
+        assert main(["run", "--quiet", "--incremental", str(spec_file)]) == EXIT_LOCKED
+        assert "another run is writing there" in capsys.readouterr().err
+    finally:
+        holder.release(lease)
+    assert main(["run", "--quiet", "--incremental", str(spec_file)]) == 0
+    assert pa.compute.count(embedfleet.read(str(output)).to_table()["id"]).as_py() == 10
