@@ -114,6 +114,9 @@ def test_every_row_is_embedded_or_rejected_with_a_reason(tmp_path):
     spec = make_spec({"uri": str(source), "id_column": "id"}, str(tmp_path / "out"))
     result = Job(spec).run(progress=False)
     assert (result.rows_read, result.embedded, result.rejected) == (9, 5, 4)
+    assert [sorted(replica) for replica in result.placement] == [
+        sorted(["node_id", "pid", "gpu_ids", "cuda_visible_devices", "torch_threads"])
+    ]
     snapshot = Path(spec.output.uri) / (Path(spec.output.uri) / "_latest").read_text()
     rejects = pa.concat_tables(pq.read_table(path) for path in (snapshot / "_rejects").iterdir())
     reasons = dict(zip(rejects["id"].to_pylist(), rejects["reason"].to_pylist(), strict=True))

@@ -167,3 +167,33 @@ def test_concurrent_calls_from_threads_each_get_their_own_results():
         thread.join()
     for index, vectors in expected.items():
         np.testing.assert_array_equal(np.stack(vectors), np.stack(results[index]))
+
+
+class _RecordingHash(HashEmbeddingFunction):
+    """Counts whitespace tokens and records the batches it is given."""
+
+    def __init__(self, **kwargs):
+        super().__init__(dimension=4, max_tokens=1000, **kwargs)
+        self.batches = []
+
+    def embed_batch(self, texts, *, query=False):
+        self.batches.append(list(texts))
+        return super().embed_batch(texts, query=query)
+
+
+def test_token_budget_batches_bound_padded_tokens_and_keep_results_identical():
+    texts = [" ".join(["w"] * (1 + (index * 37) % 120)) + f" {index}" for index in range(300)]
+    reference = _RecordingHash(batch_size=32)
+    budgeted = _RecordingHash(batch_size=32)
+    budgeted.max_batch_tokens = 600
+    np.testing.assert_array_equal(np.stack(budgeted(texts)), np.stack(reference(texts)))
+    for batch in budgeted.batches:
+        lengths = [len(text.split()) for text in batch]
+        assert len(batch) <= 32 and (len(batch) == 1 or len(batch) * max(lengths) <= 600)
+    assert len(budgeted.batches) > len(reference.batches)  # long texts went in smaller batches
+    real = sum(len(text.split()) for text in texts)
+    assert budgeted.stats.tokens == real
+    assert 1.0 <= budgeted.stats.padding_waste < 1.15
+    assert budgeted.stats.padded_tokens == sum(
+        len(batch) * max(len(text.split()) for text in batch) for batch in budgeted.batches
+    )

@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
 
 WORDS = [
     *[
@@ -48,9 +52,18 @@ WORDS = [
 
 
 def corpus(count: int, seed: int = 0) -> list[str]:
-    """Mostly short documents (lognormal lengths around 25 words), a few long ones."""
+    """Short, medium and long documents, shuffled: 60% of 3-40 words (lognormal
+    around 15), 30% of 50-150, 10% of 200-400 (past the model's 256-token limit)."""
     rng = random.Random(seed)
-    lengths = [max(3, min(300, int(rng.lognormvariate(3.2, 0.7)))) for _ in range(count)]
+    lengths = []
+    for _ in range(count):
+        draw = rng.random()
+        if draw < 0.6:
+            lengths.append(max(3, min(40, int(rng.lognormvariate(2.7, 0.6)))))
+        elif draw < 0.9:
+            lengths.append(rng.randint(50, 150))
+        else:
+            lengths.append(rng.randint(200, 400))
     return [" ".join(rng.choice(WORDS) for _ in range(length)) for length in lengths]
 
 
@@ -63,29 +76,59 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
     texts = corpus(docs)
     ef = DefaultEmbeddingFunction()
     source = str(ef.source.source)
-    tokens = sum(ef.count_tokens(texts))
+    counts = ef.count_tokens(texts)
+    limit = ef.max_tokens() or max(counts)
+    tokens = sum(min(count, limit) for count in counts)
     rows: list[dict[str, Any]] = []
 
     start = time.perf_counter()
     baseline = SentenceTransformer(source, device="cpu")
     baseline.encode(texts[:32])
     cold = time.perf_counter() - start
-    rows.append(
-        _timed(
-            "sentence-transformers encode fp32",
-            cold,
-            docs,
-            tokens,
-            lambda: baseline.encode(texts, batch_size=32),
-        )
+    reference: list[Any] = []
+    row = _timed(
+        "sentence-transformers encode fp32",
+        cold,
+        docs,
+        tokens,
+        lambda: reference.append(baseline.encode(texts, batch_size=32, normalize_embeddings=True)),
     )
+    row["padding_waste"] = _fixed_batch_padding([min(c, limit) for c in counts], 32)
+    row["min_cosine_to_fp32"] = 1.0
+    rows.append(row)
+    fp32 = np.asarray(reference[0])
 
     start = time.perf_counter()
     ef(texts[:32])
     cold = time.perf_counter() - start
-    rows.append(
-        _timed(f"embedfleet in-process ({ef.precision})", cold, docs, tokens, lambda: ef(texts))
+    ef.stats.tokens = ef.stats.padded_tokens = 0
+    produced: list[Any] = []
+    row = _timed(
+        f"embedfleet in-process ({ef.precision})",
+        cold,
+        docs,
+        tokens,
+        lambda: produced.append(np.stack(ef(texts))),
     )
+    row["padding_waste"] = ef.stats.padding_waste
+    row["min_cosine_to_fp32"] = _min_cosine(produced[0], fp32)
+    rows.append(row)
+
+    chroma = _chroma_default()
+    if chroma is not None:
+        start = time.perf_counter()
+        chroma(texts[:32])
+        cold = time.perf_counter() - start
+        outputs: list[Any] = []
+        row = _timed(
+            "chromadb DefaultEmbeddingFunction",
+            cold,
+            docs,
+            tokens,
+            lambda: outputs.append(np.asarray(chroma(texts))),
+        )
+        row["min_cosine_to_fp32"] = _min_cosine(outputs[0], fp32)
+        rows.append(row)
 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "corpus.jsonl"
@@ -98,38 +141,125 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
                 "output": {"uri": f"{folder}/out", "rows_per_shard": max(500, docs // 8)},
             }
         )
-        result = Job(spec).run(progress=False)
+        with _PeakMemory(system=True) as memory:
+            result = Job(spec).run(progress=False)
+        table = pq.read_table(f"{folder}/out/snapshots/{result.run_id}")
+        by_row = dict(zip(table["id"].to_pylist(), table["embedding"].to_pylist(), strict=True))
+        job_vectors = np.asarray([by_row[id_] for id_ in _job_ids(data)])
         rows.append(
             {
                 "path": f"full job ({replicas} replicas x {num_cpus:g} CPU)",
                 "cold_start_s": result.startup_seconds,
                 "docs_per_s": result.steady_rows_per_second,
                 "tokens_per_s": tokens * result.steady_rows_per_second / docs,
+                "min_cosine_to_fp32": _min_cosine(job_vectors, fp32),
+                "peak_memory_mb": memory.peak_mb,
+                "memory_scope": "whole machine (driver + Ray + replicas)",
             }
         )
 
     base = rows[0]["docs_per_s"]
     for row in rows:
         row["ratio_to_encode"] = row["docs_per_s"] / base
-    rows[2]["ratio_to_in_process"] = rows[2]["docs_per_s"] / rows[1]["docs_per_s"]
+    job_row, in_process = rows[-1], rows[1]
+    job_row["ratio_to_in_process"] = job_row["docs_per_s"] / in_process["docs_per_s"]
     print(f"corpus: {docs} documents, {tokens} tokens ({tokens / docs:.1f} per document)")
-    print(f"{'path':<40}{'cold s':>8}{'docs/s':>10}{'tokens/s':>11}{'x encode':>10}")
+    print(
+        f"{'path':<40}{'cold s':>8}{'docs/s':>10}{'tokens/s':>11}{'x encode':>10}"
+        f"{'min cos':>9}{'padding':>9}{'peak MB':>9}"
+    )
     for row in rows:
         print(
             f"{row['path']:<40}{row['cold_start_s']:>8.1f}{row['docs_per_s']:>10.1f}"
             f"{row['tokens_per_s']:>11.0f}{row['ratio_to_encode']:>10.2f}"
+            f"{row.get('min_cosine_to_fp32', float('nan')):>9.4f}"
+            f"{row.get('padding_waste', float('nan')):>9.3f}"
+            f"{row.get('peak_memory_mb', float('nan')):>9.0f}"
         )
-    print(f"full job / in-process: {rows[2]['ratio_to_in_process']:.2f}")
+    print(f"full job / in-process: {job_row['ratio_to_in_process']:.2f}")
+    if chroma is None:
+        print("chromadb's DefaultEmbeddingFunction: not measured (chromadb or its model missing)")
     return rows
 
 
 def _timed(path: str, cold: float, docs: int, tokens: int, work: Any) -> dict[str, Any]:
-    start = time.perf_counter()
-    work()
-    seconds = time.perf_counter() - start
+    with _PeakMemory() as memory:
+        start = time.perf_counter()
+        work()
+        seconds = time.perf_counter() - start
     return {
         "path": path,
         "cold_start_s": cold,
         "docs_per_s": docs / seconds,
         "tokens_per_s": tokens / seconds,
+        "peak_memory_mb": memory.peak_mb,
+        "memory_scope": "this process, above its size before the pass",
     }
+
+
+def _fixed_batch_padding(counts: list[int], batch_size: int) -> float:
+    """Padding of batches of ``batch_size`` after sorting by length (what encode does)."""
+    ordered = sorted(counts)
+    padded = sum(
+        len(ordered[start : start + batch_size]) * ordered[start : start + batch_size][-1]
+        for start in range(0, len(ordered), batch_size)
+    )
+    return padded / sum(ordered)
+
+
+def _min_cosine(vectors: Any, reference: Any) -> float:
+    a = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def _job_ids(data: Path) -> list[str]:
+    """The ids a job derives for each line of ``data`` (path@byte-offset), in order."""
+    ids, offset = [], 0
+    with open(data, "rb") as handle:
+        for line in handle:
+            ids.append(f"{data.name}@{offset}")
+            offset += len(line)
+    return ids
+
+
+def _chroma_default() -> Any:
+    """Chroma's own default function, if chromadb and its model files are already here."""
+    model = Path.home() / ".cache" / "chroma" / "onnx_models" / "all-MiniLM-L6-v2" / "onnx"
+    try:
+        from chromadb.utils.embedding_functions import DefaultEmbeddingFunction
+    except ImportError:
+        return None
+    return DefaultEmbeddingFunction() if model.is_dir() else None
+
+
+class _PeakMemory:
+    """Peak resident memory while a block runs: this process above its size at the start,
+    or (``system=True``) the whole machine's used memory above its level at the start."""
+
+    def __init__(self, system: bool = False) -> None:
+        self.system = system
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _used(self) -> int:
+        import psutil
+
+        if self.system:
+            return int(psutil.virtual_memory().used)
+        return int(psutil.Process().memory_info().rss)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, (self._used() - self._start) / 2**20)
+
+    def __enter__(self) -> _PeakMemory:
+        self._start = self._used()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, (self._used() - self._start) / 2**20)

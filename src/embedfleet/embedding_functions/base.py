@@ -47,6 +47,10 @@ Embedding: TypeAlias = npt.NDArray[np.float32]
 Embeddings: TypeAlias = list[Embedding]
 
 DEFAULT_BATCH_SIZE = 32
+#: Token-budget batches are also cut where padding would pass this many padded tokens
+#: per real token, once they hold MIN_TOKEN_BATCH texts.
+MAX_PADDING = 1.10
+MIN_TOKEN_BATCH = 16
 ON_LONG_CHOICES = ("truncate", "error")
 
 
@@ -58,6 +62,13 @@ class EmbeddingStats:
     documents: int = 0
     embedded: int = 0  # texts actually sent to the model, after de-duplication
     truncated: int = 0  # texts cut to the model's token limit
+    tokens: int = 0  # tokens of the texts embedded, where the function counts them
+    padded_tokens: int = 0  # tokens the model ran, padding included (batch x longest)
+
+    @property
+    def padding_waste(self) -> float:
+        """Padded tokens per real token (1.0: no padding); 0 when nothing was counted."""
+        return self.padded_tokens / self.tokens if self.tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,9 @@ class EmbeddingFunction(ABC):
     provider_name: ClassVar[str] = ""
     #: Modules the provider imports lazily; ``embedfleet providers`` checks them.
     requirements: ClassVar[tuple[Requirement, ...]] = ()
+    #: Cut batches by padded tokens (batch size x longest text) instead of by count;
+    #: None: ``batch_size`` texts per batch. Local models set it (``max_batch_tokens``).
+    max_batch_tokens: int | None = None
 
     def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, on_long: str = "truncate") -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -110,6 +124,7 @@ class EmbeddingFunction(ABC):
         self.on_long = on_long
         self.stats = EmbeddingStats()
         self._dimension: int | None = None
+        self._counted_tokens = False  # whether the last call's sort keys were token counts
         self._stats_lock = threading.Lock()
         make_known_to_chroma(type(self))
 
@@ -241,10 +256,7 @@ class EmbeddingFunction(ABC):
         lengths = self._lengths(unique_texts, first_seen, query=query)
         order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
         vectors: list[Embedding | None] = [None] * len(unique_texts)
-        batch_indices = [
-            order[start : start + self.batch_size]
-            for start in range(0, len(order), self.batch_size)
-        ]
+        batch_indices = self._cut_batches(order, lengths)
         batches = [[unique_texts[index] for index in indices] for indices in batch_indices]
         for indices, output in zip(
             batch_indices, self._embed_batches(batches, query=query), strict=True
@@ -257,6 +269,42 @@ class EmbeddingFunction(ABC):
             self.stats.documents += len(texts)
             self.stats.embedded += len(unique_texts)
         return [vectors[position] for position in positions]  # type: ignore[misc]
+
+    def _cut_batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive runs of ``order`` (shortest first): ``batch_size`` texts each, or,
+        with ``max_batch_tokens`` and token counts, at most ``batch_size`` texts that keep
+        batch x longest text within the budget (at least one) and, past
+        ``MIN_TOKEN_BATCH`` texts, padding under ``MAX_PADDING``. Counts padding when
+        lengths are tokens."""
+        budget = self.max_batch_tokens if self._counted_tokens else None
+        if budget is None:
+            batches = [
+                order[start : start + self.batch_size]
+                for start in range(0, len(order), self.batch_size)
+            ]
+        else:
+            batches, current, real = [], [], 0
+            for index in order:
+                padded = (len(current) + 1) * lengths[index]
+                over_budget = current and (padded > budget or len(current) >= self.batch_size)
+                too_padded = len(current) >= MIN_TOKEN_BATCH and padded > MAX_PADDING * (
+                    real + lengths[index]
+                )
+                if over_budget or too_padded:
+                    batches.append(current)
+                    current, real = [], 0
+                current.append(index)
+                real += lengths[index]
+            batches.append(current)
+        if self._counted_tokens:
+            limit = self.max_tokens() or 0
+            clip = (lambda count: min(count, limit)) if limit else (lambda count: count)
+            with self._stats_lock:
+                self.stats.tokens += sum(clip(lengths[index]) for index in order)
+                self.stats.padded_tokens += sum(
+                    len(batch) * clip(lengths[batch[-1]]) for batch in batches
+                )
+        return batches
 
     def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
         """One output per batch, in order. In-process: one after the other; a fleet
@@ -274,6 +322,7 @@ class EmbeddingFunction(ABC):
         """Sort keys for batching; enforces ``on_long`` and counts truncations."""
         limit = self.max_tokens()
         counts = self.count_tokens(texts, query=query)
+        self._counted_tokens = counts is not None
         if counts is None or limit is None:
             return counts if counts is not None else [len(text) for text in texts]
         over = [index for index, count in enumerate(counts) if count > limit]

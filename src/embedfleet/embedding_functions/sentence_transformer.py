@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 _RESERVED_MODEL_KWARGS = ("dtype", "torch_dtype", "device_map")
+#: Padded tokens per batch (texts x longest): measured best on a 2-core CPU with
+#: all-MiniLM-L6-v2 (docs/benchmarks.md); raise it on a GPU.
+DEFAULT_MAX_BATCH_TOKENS = 4096
 
 
 @register("sentence_transformer")
@@ -64,6 +67,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         device: str = "auto",
         normalize_embeddings: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         precision: str = "auto",
         max_seq_length: int | None = None,
         query_prompt: str | None = None,
@@ -79,6 +83,15 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             not isinstance(max_seq_length, int) or max_seq_length < 1
         ):
             raise ConfigError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+        if max_batch_tokens is not None and (
+            not isinstance(max_batch_tokens, int)
+            or isinstance(max_batch_tokens, bool)
+            or max_batch_tokens < 1
+        ):
+            raise ConfigError(
+                f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}"
+            )
+        self.max_batch_tokens = max_batch_tokens
         check_device(device)
         check_precision(precision)
         reserved = [key for key in _RESERVED_MODEL_KWARGS if key in model_kwargs]
@@ -114,6 +127,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             "normalize_embeddings": self.normalize_embeddings,
             "precision": self.requested_precision,
             "max_seq_length": self.max_seq_length,
+            "max_batch_tokens": self.max_batch_tokens,
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
             "trust_remote_code": self.trust_remote_code,
@@ -242,6 +256,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
         device: str = "auto",
         precision: str = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         on_long: str = "truncate",
     ) -> None:
         super().__init__(
@@ -249,6 +264,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             device=device,
             precision=precision,
             batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
             normalize_embeddings=True,
             on_long=on_long,
         )
@@ -259,6 +275,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             "device": self.device,
             "precision": self.requested_precision,
             "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
             "on_long": self.on_long,
         }
 
@@ -281,6 +298,7 @@ class InstructorEmbeddingFunction(SentenceTransformerEmbeddingFunction):
         device: str = "auto",
         normalize_embeddings: bool = True,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         precision: str = "auto",
         max_seq_length: int | None = None,
         revision: str | None = None,
@@ -292,6 +310,7 @@ class InstructorEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             device=device,
             normalize_embeddings=normalize_embeddings,
             batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
             precision=precision,
             max_seq_length=max_seq_length,
             query_prompt=query_instruction if query_instruction is not None else instruction,
@@ -316,6 +335,7 @@ class InstructorEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             "device": self.device,
             "normalize_embeddings": self.normalize_embeddings,
             "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
             "precision": self.requested_precision,
             "max_seq_length": self.max_seq_length,
             "revision": self.revision,

@@ -124,6 +124,7 @@ class JobResult:
     shards_remaining: int = 0  # planned shards without a commit: a re-run resumes them
     seconds: float = 0.0
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
+    placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
 
     @property
     def rows_per_second(self) -> float:
@@ -449,6 +450,7 @@ class Job:
             batch_size=fleet_spec.batch_size,
             name=f"job:{self.output.uri}",
         )
+        result.placement = list(fleet.placement)
         window = max(2, 2 * fleet_spec.replicas)
         # Start the shard tasks' worker processes now (imports included): part of
         # start-up, not of the first shards' time.
