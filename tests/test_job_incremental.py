@@ -14,6 +14,7 @@ import pytest
 import embedfleet
 from embedfleet.cli import EXIT_LOCKED, main
 from embedfleet.job import Job, JobSpec, sink
+from embedfleet.output import content_hash
 from tests.fakes import tei
 from tests.fakes.server import FakeServer, Fault
 
@@ -197,3 +198,49 @@ def test_an_overlapping_scheduled_run_is_refused_with_exit_code_3(tmp_path, serv
         holder.release(lease)
     assert main(["run", "--quiet", "--incremental", str(spec_file)]) == 0
     assert pa.compute.count(embedfleet.read(str(output)).to_table()["id"]).as_py() == 10
+
+
+def test_a_resumed_run_re_embeds_shards_whose_file_changed_since_their_commit(tmp_path, server):
+    folder, output = tmp_path / "data", tmp_path / "out"
+    folder.mkdir()
+    write_corpus(folder / "a.jsonl", {f"a-{index}": f"first file {index}" for index in range(30)})
+    (folder / "b.jsonl").write_text("not json at all\n")  # fails its shard: run unfinished
+    spec = make_spec(folder, output, server)
+    spec.output.mode = "resume"
+    assert not Job(spec).run(progress=False).complete  # a.jsonl's shards are committed
+
+    edited = {f"a-{index}": f"first file, edited {index}" for index in range(0, 30, 2)}
+    write_corpus(folder / "a.jsonl", edited)  # changed (and shorter) since its commit
+    write_corpus(folder / "b.jsonl", {"b-0": "second file"})
+    result = Job(spec).run(progress=False)
+    assert result.complete and result.resumed == 0  # nothing stale was kept
+    rows = by_id(output)
+    assert {id_: row["content_hash"] for id_, row in rows.items()} == {
+        id_: content_hash(text) for id_, text in {**edited, "b-0": "second file"}.items()
+    }
+    snapshot = sink.Output(str(output)).snapshot(result.run_id)
+    parts = [path for path in snapshot.fs.ls(snapshot.root) if path.endswith(".parquet")]
+    assert len(parts) == len(snapshot.commits())  # no orphan part from the stale commit
+
+
+def test_rejected_rows_are_not_counted_as_deleted(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    documents = corpus(20)
+    write_corpus(source, documents)
+    assert Job(make_spec(source, output, server)).run(progress=False).complete
+    documents["doc-0003"] = "   "  # still in the source, now empty: rejected
+    del documents["doc-0004"]  # gone: deleted
+    write_corpus(source, documents)
+    result = Job(make_spec(source, output, server)).run(progress=False)
+    assert (result.rejected, result.deleted, result.carried_over) == (1, 1, 18)
+
+
+def test_an_unfinished_snapshot_of_another_config_does_not_block_a_nightly_run(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    write_corpus(source, corpus(40))
+    server.faults.extend([Fault(500, b'{"error": "down"}')] * 20)
+    assert not Job(make_spec(source, output, server)).run(progress=False).complete
+    server.faults.clear()
+    job = Job(make_spec(source, output, server, normalize=False))  # the model config changed
+    assert "full re-embed" in job.plan().note
+    assert job.run(progress=False).complete and len(by_id(output)) == 40

@@ -10,6 +10,7 @@ stops it in its last cell. Committed notebooks carry no outputs; run
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 # Live fleet replicas in the kernel's Ray, read from its control store (the state
 # API needs the dashboard, which the notebooks leave off). A killed actor takes a
 # moment to be marked dead, so wait for the count to settle.
+WORKER_LINE = re.compile(r"\(\w+ pid=\d+")
 COUNT_REPLICAS = """
 import time as _time
 from ray._private import state as _state
@@ -77,7 +79,12 @@ def run_extra(client: nbclient.NotebookClient, source: str) -> str:
     index = len(notebook.cells) - 1
     cell = client.execute_cell(notebook.cells[index], index)
     notebook.cells.pop()
-    return "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+    text = "".join(out.get("text", "") for out in cell.outputs if out.get("name") == "stdout")
+    # Ray forwards its workers' output to the kernel's streams at any moment, prefixed
+    # "(Replica pid=...)": those lines are not the cell's own output
+    # (split on newlines only: a worker's progress bar carries carriage returns)
+    lines = [line for line in text.split("\n") if line and not WORKER_LINE.search(line)]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def stream(cell: nbformat.NotebookNode, name: str) -> str:

@@ -277,6 +277,9 @@ class EmbeddingFunction(ABC):
         ``MIN_TOKEN_BATCH`` texts, padding under ``MAX_PADDING``. Counts padding when
         lengths are tokens."""
         budget = self.max_batch_tokens if self._counted_tokens else None
+        limit = self.max_tokens() if self._counted_tokens else None
+        if limit:  # the model runs at most ``limit`` tokens of a longer text
+            lengths = [min(length, limit) for length in lengths]
         if budget is None:
             batches = [
                 order[start : start + self.batch_size]
@@ -297,12 +300,10 @@ class EmbeddingFunction(ABC):
                 real += lengths[index]
             batches.append(current)
         if self._counted_tokens:
-            limit = self.max_tokens() or 0
-            clip = (lambda count: min(count, limit)) if limit else (lambda count: count)
             with self._stats_lock:
-                self.stats.tokens += sum(clip(lengths[index]) for index in order)
+                self.stats.tokens += sum(lengths[index] for index in order)
                 self.stats.padded_tokens += sum(
-                    len(batch) * clip(lengths[batch[-1]]) for batch in batches
+                    len(batch) * lengths[batch[-1]] for batch in batches
                 )
         return batches
 

@@ -21,6 +21,7 @@ budget resumes the same snapshot (the budget is not in the fingerprint).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -42,7 +43,7 @@ from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
 from embedfleet.job import incremental, sink, sources
 from embedfleet.job.sources import Shard, ShardRows
 from embedfleet.job.spec import JobSpec
-from embedfleet.output import content_hash, embedding_metadata, embeddings_table
+from embedfleet.output import METADATA_KEY, content_hash, embedding_metadata, embeddings_table
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ class Job:
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
         target, committed, note, base = self._choose_snapshot(shards)
         estimated_tokens, basis = self._estimate_tokens(shards)
+        if base is not None:
+            basis += "; an upper bound: this incremental run embeds only new and changed rows"
         return JobPlan(
             fingerprint=self.fingerprint,
             shards=shards,
@@ -259,14 +262,19 @@ class Job:
             return None, 0, "a new snapshot embeds every shard", None
         newest = self.output.snapshot(unfinished[-1])
         info = newest.run_info() or {}
+        if info.get("fingerprint") != self.fingerprint and mode == "incremental":
+            note = (
+                f"incremental: the unfinished {newest.relative} was made with another "
+                "provider or config, so a new snapshot re-embeds every row (full re-embed)"
+            )
+            return None, 0, note, None
         if info.get("fingerprint") != self.fingerprint:
             raise ConfigError(
                 f"the unfinished snapshot {newest.relative} was made with another provider or "
                 f"config (fingerprint {info.get('fingerprint')}, this spec {self.fingerprint}); "
                 "resuming would mix vectors. Run with mode 'overwrite' to start a new snapshot."
             )
-        planned = {shard.shard_id for shard in shards}
-        committed = len(planned & set(newest.commits()))
+        committed = len(still_committed(newest.commits(), shards))
         base = info.get("base")
         note = f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
         if base:
@@ -351,9 +359,7 @@ class Job:
                 }
             )
         planned = {shard.shard_id for shard in plan.shards}
-        committed = {
-            shard: marker for shard, marker in snapshot.commits().items() if shard in planned
-        }
+        committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
         result = JobResult(
             run_id=run_id,
@@ -379,7 +385,8 @@ class Job:
         if stop.is_set():
             raise KeyboardInterrupt
         result.estimated_cost = price.cost(result.tokens)
-        result.shards_remaining = len(planned - set(snapshot.commits()))
+        committed_now = still_committed(snapshot.commits(), plan.shards)
+        result.shards_remaining = len(planned - set(committed_now))
         if result.budget_stopped:
             logger.warning(
                 "stopped at the budget (%s tokens this run): %d tokens used, %d of %d shards "
@@ -390,11 +397,18 @@ class Job:
                 result.shards,
             )
         if not result.failed_shards and not result.budget_stopped:
+            valid = still_committed(snapshot.commits(), plan.shards)
+            for path in snapshot.keep_only(set(valid)):
+                logger.info("removed %s: its shard is no longer in the source as committed", path)
             self._check_unique_ids(snapshot, plan.shards)
-            markers = [marker for shard, marker in snapshot.commits().items() if shard in planned]
+            markers = list(valid.values())
             total_tokens = sum(marker.get("tokens", 0) for marker in markers)
-            if base is not None:
-                result.deleted = base.rows - sum(marker.get("known_ids", 0) for marker in markers)
+            if base is not None:  # base ids with no row in the new snapshot or its rejects
+                present = pa.concat_arrays(
+                    [self._snapshot_ids(snapshot), self._snapshot_ids(snapshot, sink.REJECTS)]
+                )
+                kept = pa.compute.is_in(base.table["id"], value_set=present)
+                result.deleted = base.rows - pa.compute.sum(kept).as_py()
             snapshot.finish(
                 {
                     "fingerprint": self.fingerprint,
@@ -515,6 +529,19 @@ class Job:
             if bar is not None:
                 bar.close()
 
+    @staticmethod
+    def _snapshot_ids(snapshot: sink.Snapshot, folder: str | None = None) -> pa.Array:
+        """Ids of the snapshot's parts (or of its ``_rejects`` folder)."""
+        import pyarrow.dataset as ds
+
+        snapshot.output.refresh()
+        root = snapshot.path(folder) if folder else snapshot.root
+        if folder and not snapshot.fs.exists(root):
+            return pa.array([], pa.string())
+        dataset = ds.dataset(root, format="parquet", filesystem=snapshot.fs)
+        ids = dataset.to_table(columns=["id"])["id"]
+        return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+
     def _check_unique_ids(self, snapshot: sink.Snapshot, shards: list[Shard]) -> None:
         """Ids from different shards must not collide (within a shard, reading checks)."""
         if self.spec.source.id_column is None:
@@ -580,6 +607,7 @@ def embed_shard(
         if not ray.get(budget.reserve.remote(shard_tokens)):
             return {"shard_id": shard.shard_id, "over_budget": True, "tokens": shard_tokens}
     info = {
+        "source_version": shard.source_version,
         "relative_path": shard.relative_path,
         "unit": shard.unit,
         "start": shard.start,
@@ -595,7 +623,7 @@ def embed_shard(
     if base is not None and matches is not None and not reject_ids:
         part = incremental.whole_part(matches, base)
         base_snapshot = output.snapshot(base.run_id)
-        if part is not None and _same_columns(base_snapshot, part, columns):
+        if part is not None and _same_columns(base_snapshot, part, columns, metadata):
             info.update(embedded=0, rejected=0, copied_from=f"{base_snapshot.relative}/{part}")
             return snapshot.adopt_part(shard.shard_id, base_snapshot.path(part), info)
     vectors: list[Any] = [None] * len(texts)
@@ -641,18 +669,37 @@ def embed_shard(
     return marker
 
 
+def still_committed(
+    markers: dict[str, dict[str, Any]], shards: list[Shard]
+) -> dict[str, dict[str, Any]]:
+    """The markers of planned shards whose source file has not changed since they were
+    committed: a resume re-embeds a shard whose file changed in between."""
+    versions = {shard.shard_id: shard.source_version for shard in shards}
+    return {
+        shard_id: marker
+        for shard_id, marker in markers.items()
+        if shard_id in versions and marker.get("source_version", "") == versions[shard_id]
+    }
+
+
 def vector_rows(marker: dict[str, Any]) -> int:
     """Rows with a vector in a committed shard's part."""
     return int(marker["embedded"] + marker.get("carried", 0) + marker.get("reused", 0))
 
 
-def _same_columns(base: sink.Snapshot, part: str, columns: dict[str, list[Any]]) -> bool:
-    """Whether the base part holds these passthrough values (a copy would keep its own)."""
-    if not columns:
-        return True
+def _same_columns(
+    base: sink.Snapshot, part: str, columns: dict[str, list[Any]], metadata: dict[str, Any]
+) -> bool:
+    """Whether the base part is what this run would write: the same metadata (version
+    included) and the same passthrough values and types (a copy keeps its own)."""
     with base.fs.open(base.path(part), "rb") as handle:
         table = pq.read_table(handle, columns=list(columns))
-    return all(table[name].to_pylist() == values for name, values in columns.items())
+    recorded = (table.schema.metadata or {}).get(METADATA_KEY, b"").decode()
+    if recorded != json.dumps(metadata, sort_keys=True):
+        return False
+    return all(
+        table[name].combine_chunks().equals(pa.array(values)) for name, values in columns.items()
+    )
 
 
 def count_tokens(counter: EmbeddingFunction | None, texts: list[str]) -> int:

@@ -207,6 +207,29 @@ class Snapshot:
         write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
         return marker
 
+    def keep_only(self, shard_ids: set[str]) -> list[str]:
+        """Delete markers, parts and rejects of every other shard (stale commits of a
+        changed file, parts a crash left without a marker). Returns the removed paths."""
+        self.output.refresh()
+        removed = []
+        for shard_id in set(self.commits()) - shard_ids:
+            path = self.path(COMMITS, f"{shard_id}.json")
+            self.fs.rm(path)
+            removed.append(path)
+        wanted = {f"part-{shard}.parquet" for shard in shard_ids}
+        wanted |= {f"{shard}.parquet" for shard in shard_ids}
+        for folder in (self.root, self.path(REJECTS)):
+            try:
+                names = self.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                continue
+            for path in names:
+                name = path.rstrip("/").rsplit("/", 1)[-1]
+                if name.endswith(".parquet") and name not in wanted:
+                    self.fs.rm(path)
+                    removed.append(path)
+        return removed
+
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Roll the markers into the manifest, then point ``_latest`` here (last)."""
         markers = self.commits()

@@ -62,6 +62,7 @@ class Shard:
     estimated_rows: int
     first_row: int
     estimated_bytes: int = 0  # text bytes, roughly (a token is at least one byte)
+    source_version: str = ""  # the file's size and etag/mtime: a commit of another is stale
 
 
 @dataclass
@@ -81,6 +82,7 @@ class _File:
     size: int | None
     format: str
     compression: str | None
+    version: str = ""
 
 
 def shard_id(relative_path: str, unit: str, start: int, end: int) -> str:
@@ -164,7 +166,8 @@ def _list_files(source: SourceSpec) -> list[_File]:
         fmt = formats.infer_format(uri, source.format)
         compression = formats.split_compression(name)[1]
         formats.require_codec(compression, uri)
-        files.append(_File(name, uri, relative, info.get("size"), fmt, compression))
+        size = info.get("size")
+        files.append(_File(name, uri, relative, size, fmt, compression, _version(info)))
     if not files:
         raise ConfigError(f"no files matched source.uri {source.uri!r}")
     return sorted(files, key=lambda file: file.relative_path)
@@ -195,6 +198,14 @@ def _wanted_columns(source: SourceSpec, fmts: set[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _version(info: dict[str, Any]) -> str:
+    """What tells one state of a file from the next: size plus etag, hash or mtime."""
+    for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "updated"):
+        if info.get(key) is not None:
+            return f"{info.get('size')}:{info[key]}"
+    return f"{info.get('size')}"
+
+
 def _check_columns(file: _File, found: list[str], wanted: list[str], checked: set[str]) -> None:
     missing = [name for name in wanted if name not in found]
     if missing:
@@ -217,6 +228,7 @@ def _shard(
         estimated_rows=rows,
         first_row=first,
         estimated_bytes=nbytes,
+        source_version=file.version,
     )
 
 
