@@ -369,8 +369,16 @@ def write_corpus(path: Path, rows: int) -> list[str]:
     return ids
 
 
-def write_spec(path: Path, source: Path, output: Path, address: str | None) -> Path:
-    """A hash-provider job whose two 1-CPU replicas fit only one per node."""
+def write_spec(
+    path: Path,
+    source: Path,
+    output: Path,
+    address: str | None,
+    resources: dict[str, float] | None = None,
+) -> Path:
+    """A hash-provider job whose two 1-CPU replicas fit only one per node; with
+    ``resources``, replicas that reserve no CPU and ask for those node resources."""
+    num_cpus = 0 if resources else 1
     lines = [
         "[source]",
         f"uri = {json.dumps(str(source))}",
@@ -381,9 +389,10 @@ def write_spec(path: Path, source: Path, output: Path, address: str | None) -> P
         "dimension = 8",
         "[fleet]",
         "replicas = 2",
-        "num_cpus = 1",
+        f"num_cpus = {num_cpus}",
         "batch_size = 50",
         *([f"address = {json.dumps(address)}"] if address else []),
+        *([f"resources = {_inline_table(resources)}"] if resources else []),
         "[output]",
         f"uri = {json.dumps(str(output))}",
         "rows_per_shard = 200",
@@ -391,6 +400,11 @@ def write_spec(path: Path, source: Path, output: Path, address: str | None) -> P
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _inline_table(values: dict[str, float]) -> str:
+    """A TOML inline table: { name = 1.0, ... }."""
+    return "{ " + ", ".join(f"{json.dumps(key)} = {value}" for key, value in values.items()) + " }"
 
 
 @dataclass
@@ -402,16 +416,21 @@ class JobRun:
     seconds: float
 
 
-def run_job(cluster: LocalCluster, source: Path, workdir: Path, via: str) -> JobRun:
+def run_job(
+    cluster: LocalCluster,
+    source: Path,
+    workdir: Path,
+    via: str,
+    resources: dict[str, float] | None = None,
+) -> JobRun:
     """Run ``embedfleet run`` in a subprocess, giving the address ``via`` the spec,
     the ``--address`` flag or ``RAY_ADDRESS``, then look up where its replicas ran."""
     if via not in ADDRESS_VIA:
         raise ValueError(f"via must be one of {ADDRESS_VIA}, got {via!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     output = workdir / "out"
-    spec = write_spec(
-        workdir / "job.toml", source, output, cluster.address if via == "spec" else None
-    )
+    address = cluster.address if via == "spec" else None
+    spec = write_spec(workdir / "job.toml", source, output, address, resources)
     report_path = workdir / "report.json"
     command = [sys.executable, "-m", "embedfleet.cli", "run", "--quiet", "--report"]
     command += [str(report_path), str(spec)]

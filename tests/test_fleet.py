@@ -277,3 +277,11 @@ def test_a_model_that_cannot_load_fails_the_fleet_start_not_a_batch(tmp_path):
     broken = SentenceTransformerEmbeddingFunction(str(tmp_path), precision="fp32")
     with pytest.raises(FleetStartError, match=r"replica 0 .* failed to start: ModelNotFoundError"):
         embedfleet.remote(broken, replicas=1, num_cpus=0, max_restarts=0, start_timeout=60)
+
+
+def test_custom_resources_pin_replicas_and_name_what_is_missing():
+    ef = HashEmbeddingFunction(dimension=4)
+    with pytest.raises(FleetStartError, match=r"asks for gpu_node=1, the cluster has 0"):
+        embedfleet.remote(ef, num_cpus=0, resources={"gpu_node": 1}, start_timeout=2)
+    with pytest.raises(ConfigError, match="use num_cpus / num_gpus"):
+        embedfleet.remote(ef, resources={"CPU": 1})

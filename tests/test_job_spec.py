@@ -128,3 +128,16 @@ def test_a_key_in_the_spec_is_refused_naming_the_variable_option():
     with pytest.raises(ConfigError, match="api_key_env_var") as caught:
         JobSpec.from_dict(data)
     assert "sk-in-the-spec" not in str(caught.value)
+
+
+def test_fleet_resources_and_start_timeout_are_read_and_checked():
+    data = {
+        "source": {"uri": "data.jsonl"},
+        "fleet": {"resources": {"gpu_node": 1}, "start_timeout": 600},
+        "output": {"uri": "out"},
+    }
+    spec = JobSpec.from_dict(data)
+    assert spec.fleet.resources == {"gpu_node": 1} and spec.fleet.start_timeout == 600.0
+    data["fleet"]["start_timeout"] = 0
+    with pytest.raises(ConfigError, match=r"fleet\.start_timeout"):
+        JobSpec.from_dict(data)

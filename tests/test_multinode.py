@@ -123,3 +123,11 @@ def test_a_job_given_the_address_runs_one_replica_on_each_node(cluster, corpus, 
     written = table["id"].to_pylist()
     assert len(written) == len(set(written)) == ROWS and set(written) == set(ids)
     assert table.schema.field("embedding").type.list_size == 8
+
+
+def test_a_custom_resource_pins_every_replica_to_the_worker_node(cluster, corpus, tmp_path):
+    source, ids = corpus
+    run = multinode.run_job(cluster, source, tmp_path, "flag", resources={"worker_node": 0.5})
+    worker = multinode.node_roles(cluster.described)["worker"]
+    assert [replica["node_id"] for replica in run.report["placement"]] == [worker, worker]
+    assert run.report["complete"] and sorted(multinode.output_ids(run.output)) == sorted(ids)

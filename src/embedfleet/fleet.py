@@ -145,7 +145,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     show them. A fleet created under the same ``name`` in this
     process replaces the previous one (re-running a notebook cell never leaks
     actors). ``address`` (or ``RAY_ADDRESS``) joins a running cluster; without
-    either, a local Ray instance is started.
+    either, a local Ray instance is started. ``resources`` asks each replica for
+    custom node resources (``{"gpu_node": 1}``), which pins replicas to the nodes
+    started with them (``ray start --resources``).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         name: str | None = None,
         forward_env: list[str] | None = None,
         max_concurrency: int | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -176,6 +179,13 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 raise ConfigError(f"{label} must be a positive integer, got {value!r}")
         if num_gpus < 0 or (num_cpus is not None and num_cpus < 0):
             raise ConfigError("num_cpus and num_gpus must not be negative")
+        self.resources = dict(resources or {})
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU") or not isinstance(amount, int | float) or amount <= 0:
+                raise ConfigError(
+                    f"resources must map custom resource names to positive amounts (use "
+                    f"num_cpus / num_gpus for CPU and GPU), got {name!r}: {amount!r}"
+                )
         inner_batch = getattr(function, "batch_size", None)
         super().__init__(batch_size=batch_size or max(DEFAULT_BATCH_SIZE, inner_batch or 0))
         self._function = function
@@ -216,6 +226,8 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             "max_task_retries": max_restarts,
             "max_concurrency": self.max_concurrency,
         }
+        if self.resources:  # custom node resources: pins replicas to the nodes that have them
+            options["resources"] = self.resources
         if self.forward_env:  # opt-in: Ray shows runtime_env in its dashboard and logs
             env_vars = {variable: os.environ[variable] for variable in self.forward_env}
             options["runtime_env"] = {"env_vars": env_vars}
@@ -251,6 +263,11 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             f"num_gpus={self.num_gpus:g}; the cluster has CPU {total.get('CPU', 0):g} "
             f"(free {free.get('CPU', 0):g}), GPU {total.get('GPU', 0):g} "
             f"(free {free.get('GPU', 0):g})"
+            + "".join(
+                f"; it asks for {name}={amount:g}, the cluster has {total.get(name, 0):g} "
+                f"(free {free.get(name, 0):g})"
+                for name, amount in self.resources.items()
+            )
         )
 
     def shutdown(self) -> None:

@@ -462,6 +462,8 @@ class Job:
             num_gpus=fleet_spec.num_gpus,
             max_pending_per_replica=fleet_spec.max_pending_per_replica,
             batch_size=fleet_spec.batch_size,
+            resources=fleet_spec.resources,
+            start_timeout=fleet_spec.start_timeout,
             name=f"job:{self.output.uri}",
         )
         result.placement = list(fleet.placement)

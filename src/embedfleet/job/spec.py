@@ -4,7 +4,8 @@ The TOML shape is the contract users and scripts rely on::
 
     [source]      uri, format, text_column, id_column, columns, on_empty, storage_options
     [embedding]   provider, [embedding.config]
-    [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica
+    [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica, batch_size,
+                  resources, start_timeout
     [output]      uri, rows_per_shard, mode, keep_snapshots, storage_options
     [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
 
@@ -80,10 +81,14 @@ class FleetSpec:
     address: str | None = None
     max_pending_per_replica: int = 2
     batch_size: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray node resources
+    start_timeout: float = 120.0  # seconds for every replica to start (GPU nodes scaling up)
 
     def check(self) -> None:
         if self.replicas < 1:
             raise ConfigError(f"fleet.replicas must be at least 1, got {self.replicas}")
+        if self.start_timeout <= 0:
+            raise ConfigError(f"fleet.start_timeout must be positive, got {self.start_timeout}")
 
 
 @dataclass
