@@ -18,6 +18,7 @@ import pytest
 
 import embedfleet
 from embedfleet.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, main
+from embedfleet.embedding_functions import DefaultEmbeddingFunction
 from embedfleet.errors import ConfigError, LockedError
 from embedfleet.job import Job, JobSpec, sink
 from embedfleet.testing import HashEmbeddingFunction
@@ -74,6 +75,10 @@ def test_quickstart_job_matches_in_process_and_reads_back_everywhere(repo_root, 
     spec.embedding.config["precision"] = "fp32"
     result = Job(spec).run(progress=False)
     assert result.complete and result.embedded == 240 and result.rejected == 0
+    # the replicas' token counts reach the driver: every token the model ran, exactly once
+    texts = [json.loads(line)["text"] for line in (repo_root / "data/sample/docs.jsonl").open()]
+    assert result.model_tokens == sum(DefaultEmbeddingFunction().count_tokens(texts))
+    assert result.padded_tokens >= result.model_tokens
 
     table = embedfleet.read(spec.output.uri).to_table()
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:

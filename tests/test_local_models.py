@@ -249,3 +249,22 @@ def test_without_the_weights_package_the_default_model_comes_from_the_hub_path(m
     assert ef.source.source == "sentence-transformers/all-MiniLM-L6-v2"
     with pytest.raises(ModelNotFoundError, match="'sentence-transformers/all-MiniLM-L6-v2'"):
         ef(["x"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda path: tiny(path, document_prompt="search_document: ", batch_size=3),
+        lambda path: tiny(path, normalize_embeddings=True, batch_size=3, max_batch_tokens=None),
+        lambda path: InstructorEmbeddingFunction(
+            str(path), instruction="Represent it: ", device="cpu", precision="fp32", batch_size=3
+        ),
+    ],
+    ids=["prompt", "normalized", "instructor"],
+)
+def test_pipelined_batches_match_encode_one_text_at_a_time(tiny_model_dir, make):
+    ef = make(tiny_model_dir)
+    texts = [" ".join(["comet"] * (1 + index % 7)) + f" {index}" for index in range(20)]
+    batched = np.stack(ef(texts))  # several batches: tokenized ahead on a helper thread
+    single = np.stack([ef([text])[0] for text in texts])  # one batch each: through encode
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)

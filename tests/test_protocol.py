@@ -197,3 +197,24 @@ def test_token_budget_batches_bound_padded_tokens_and_keep_results_identical():
     assert budgeted.stats.padded_tokens == sum(
         len(batch) * max(len(text.split()) for text in batch) for batch in budgeted.batches
     )
+
+
+def test_last_call_counts_are_per_thread_and_per_call():
+    ef = HashEmbeddingFunction(dimension=4, max_tokens=3)
+    results = {}
+
+    def call(name, texts):
+        ef(texts)
+        results[name] = ef.last_call_counts()
+
+    threads = [
+        threading.Thread(target=call, args=("short", ["a b", "c"])),
+        threading.Thread(target=call, args=("long", ["a b c d e", "f g h i", "j"])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results["short"] == {"truncated": 0, "tokens": 3, "padded_tokens": 4}
+    assert results["long"]["truncated"] == 2 and results["long"]["tokens"] == 7
+    assert ef.stats.truncated == 2 and ef.stats.tokens == 10

@@ -115,14 +115,14 @@ class Replica:
         }
 
     def embed(self, texts: Documents, query: bool) -> tuple[np.ndarray, int]:
-        """Vectors for one batch, and how many of its texts were truncated."""
+        """Vectors for one batch, and what it added to the function's counters
+        (truncated texts, tokens, padded tokens), for the driver's ``stats``."""
         function = self.function
         if not isinstance(function, EmbeddingFunction):
             call = getattr(function, "embed_query", function) if query else function
-            return np.asarray(call(texts), dtype=np.float32), 0
-        truncated = function.stats.truncated
+            return np.asarray(call(texts), dtype=np.float32), {}
         vectors = function.embed_query(texts) if query else function(texts)
-        return np.stack(vectors), function.stats.truncated - truncated
+        return np.stack(vectors), function.last_call_counts()  # exact under concurrency
 
     def describe(self) -> dict[str, Any]:
         function = self.function
@@ -401,7 +401,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
 
     def _collect(self, ray: Any, ref: Any, batch: int, size: int) -> np.ndarray:
         try:
-            matrix, truncated = ray.get(ref)
+            matrix, counts = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             cause = _cause(exc)
             raise BatchFailedError(
@@ -415,9 +415,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 f"batch {batch} of fleet {self.fleet_name!r} lost its replica after "
                 f"all restarts: {exc}"
             ) from exc
-        if truncated:
+        if counts:
             with self._stats_lock:
-                self.stats.truncated += truncated
+                for name, value in counts.items():
+                    setattr(self.stats, name, getattr(self.stats, name) + value)
         return matrix
 
 

@@ -126,6 +126,7 @@ class EmbeddingFunction(ABC):
         self._dimension: int | None = None
         self._counted_tokens = False  # whether the last call's sort keys were token counts
         self._stats_lock = threading.Lock()
+        self._this_call = threading.local()  # per-thread counts of the current call
         make_known_to_chroma(type(self))
 
     @classmethod
@@ -242,16 +243,19 @@ class EmbeddingFunction(ABC):
         """Pickle without the lock (cloudpickle ships custom functions to replicas)."""
         state = dict(self.__dict__)
         state.pop("_stats_lock", None)
+        state.pop("_this_call", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._stats_lock = threading.Lock()
+        self._this_call = threading.local()
 
     # ------------------------------------------------------------------ shared machinery
     def _embed_all(self, texts: Documents, *, query: bool) -> Embeddings:
         if not texts:
             return []
+        self._this_call.counts = {}
         unique_texts, positions, first_seen = _deduplicate(texts)
         lengths = self._lengths(unique_texts, first_seen, query=query)
         order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
@@ -300,12 +304,25 @@ class EmbeddingFunction(ABC):
                 real += lengths[index]
             batches.append(current)
         if self._counted_tokens:
-            with self._stats_lock:
-                self.stats.tokens += sum(lengths[index] for index in order)
-                self.stats.padded_tokens += sum(
-                    len(batch) * lengths[batch[-1]] for batch in batches
-                )
+            self._count(
+                tokens=sum(lengths[index] for index in order),
+                padded_tokens=sum(len(batch) * lengths[batch[-1]] for batch in batches),
+            )
         return batches
+
+    def _count(self, **amounts: int) -> None:
+        """Add to ``stats`` and to this thread's counts for the current call."""
+        with self._stats_lock:
+            for name, amount in amounts.items():
+                setattr(self.stats, name, getattr(self.stats, name) + amount)
+        counts = self._this_call.__dict__.setdefault("counts", {})
+        for name, amount in amounts.items():
+            counts[name] = counts.get(name, 0) + amount
+
+    def last_call_counts(self) -> dict[str, int]:
+        """What this thread's latest call added to ``stats`` (truncated, tokens,
+        padded_tokens): exact even while other threads call the same function."""
+        return dict(self._this_call.__dict__.get("counts", {}))
 
     def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
         """One output per batch, in order. In-process: one after the other; a fleet
@@ -333,8 +350,7 @@ class EmbeddingFunction(ABC):
                 f"document at index {first_seen[first]} is {counts[first]} tokens long; "
                 f"{type(self).__name__} accepts at most {limit} (on_long='truncate' cuts it)"
             )
-        with self._stats_lock:
-            self.stats.truncated += len(over)
+        self._count(truncated=len(over))
         return counts
 
     def _check_output(self, output: Any, input_indices: list[int]) -> npt.NDArray[np.float32]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -230,6 +232,41 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             [prefix + text for text in texts], truncation=False, verbose=False
         )["input_ids"]
         return [len(ids) for ids in encoded]
+
+    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+        """Tokenize the next batch on a helper thread while the model runs this one
+        (the tokenizer and torch both release the GIL), then the same steps as
+        ``encode``: preprocess with the prompt, forward, normalize, to CPU float32."""
+        model = self.model
+        if len(batches) == 1 or not callable(getattr(model, "preprocess", None)):
+            yield from super()._embed_batches(batches, query=query)
+            return
+        selection = self._prompt(query=query)
+        prompt = model._resolve_prompt(selection.get("prompt"), selection.get("prompt_name"))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenize")
+        try:
+            upcoming = pool.submit(model.preprocess, batches[0], prompt=prompt)
+            for index in range(len(batches)):
+                features = upcoming.result()
+                if index + 1 < len(batches):
+                    upcoming = pool.submit(model.preprocess, batches[index + 1], prompt=prompt)
+                yield self._forward(features)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _forward(self, features: dict[str, Any]) -> np.ndarray:
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self.model
+        with torch.inference_mode():
+            output = model(batch_to_device(features, model.device))
+            vectors = output["sentence_embedding"]
+            if model.truncate_dim is not None:
+                vectors = vectors[:, : model.truncate_dim]
+            if self.normalize_embeddings:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.float().cpu().numpy()
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
         return self.model.encode(

@@ -119,6 +119,8 @@ class JobResult:
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
     estimated_tokens: int = 0
     tokens: int = 0  # input tokens of the shards this run embedded, as the provider counts
+    model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
+    padded_tokens: int = 0  # ... padding included: padded_tokens / model_tokens = padding waste
     estimated_cost: float | None = 0.0  # USD for ``tokens``; None: the price is unknown
     token_limit: int | None = None  # this run's budget in tokens; None: no limit
     budget_stopped: bool = False  # stopped before a shard that would have gone over it
@@ -518,6 +520,8 @@ class Job:
                     result.reused += marker.get("reused", 0)
                     result.rejected += marker["rejected"]
                     result.tokens += marker["tokens"]
+                    result.model_tokens += marker.get("model_tokens", 0)
+                    result.padded_tokens += marker.get("padded_tokens", 0)
                     done_count += 1
                     _advance(bar, marker["rows"], result, done_count, len(todo))
                     if on_shard is not None:
@@ -629,6 +633,7 @@ def embed_shard(
             info.update(embedded=0, rejected=0, copied_from=f"{base_snapshot.relative}/{part}")
             return snapshot.adopt_part(shard.shard_id, base_snapshot.path(part), info)
     vectors: list[Any] = [None] * len(texts)
+    counted_before = (fleet.stats.tokens, fleet.stats.padded_tokens)
     fresh, refused = embed_or_isolate(fleet, [texts[i] for i in to_embed])
     if len(to_embed) > 1 and len(refused) == len(to_embed):  # a setup problem, not bad rows
         raise BadRequestError(
@@ -665,6 +670,8 @@ def embed_shard(
         embedded=len(to_embed) - len(refused),
         rejected=len(reject_ids),
         embed_seconds=round(embed_done - read_done, 3),
+        model_tokens=fleet.stats.tokens - counted_before[0],  # as the model counted them
+        padded_tokens=fleet.stats.padded_tokens - counted_before[1],
     )
     marker = snapshot.commit_shard(shard.shard_id, part, rejects, info)
     marker["write_seconds"] = round(time.perf_counter() - embed_done, 3)
