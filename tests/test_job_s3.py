@@ -49,8 +49,9 @@ def bucket(storage_options):
     fs.rm("corpus", recursive=True)
 
 
-def test_job_round_trips_through_s3(bucket, storage_options):
-    spec = JobSpec.from_dict(
+def s3_spec(storage_options: dict, **output: object) -> JobSpec:
+    """A hash-provider job from s3://corpus/input to ``output`` (uri, rows_per_shard...)."""
+    return JobSpec.from_dict(
         {
             "source": {
                 "uri": "s3://corpus/input/*.jsonl",
@@ -59,13 +60,13 @@ def test_job_round_trips_through_s3(bucket, storage_options):
             },
             "embedding": {"provider": "hash", "config": {"dimension": 8}},
             "fleet": {"replicas": 1, "num_cpus": 0},
-            "output": {
-                "uri": "s3://corpus/out",
-                "rows_per_shard": 20,
-                "storage_options": storage_options,
-            },
+            "output": {**output, "storage_options": storage_options},
         }
     )
+
+
+def test_job_round_trips_through_s3(bucket, storage_options):
+    spec = s3_spec(storage_options, uri="s3://corpus/out", rows_per_shard=20)
     result = Job(spec).run(progress=False)
     assert result.complete and result.embedded == 90
 
@@ -80,23 +81,7 @@ def test_job_round_trips_through_s3(bucket, storage_options):
 
 
 def test_an_incremental_rerun_on_s3_copies_unchanged_parts_server_side(bucket, storage_options):
-    spec = JobSpec.from_dict(
-        {
-            "source": {
-                "uri": "s3://corpus/input/*.jsonl",
-                "id_column": "id",
-                "storage_options": storage_options,
-            },
-            "embedding": {"provider": "hash", "config": {"dimension": 8}},
-            "fleet": {"replicas": 1, "num_cpus": 0},
-            "output": {
-                "uri": "s3://corpus/inc",
-                "mode": "incremental",
-                "rows_per_shard": 30,
-                "storage_options": storage_options,
-            },
-        }
-    )
+    spec = s3_spec(storage_options, uri="s3://corpus/inc", mode="incremental", rows_per_shard=30)
     first = Job(spec).run(progress=False)
     assert first.complete and first.embedded == 90
     bucket.pipe_file(  # one file changes: one row edited, one added

@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -99,30 +99,26 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Whole file or nothing: a temporary name (never ``*.parquet``) renamed into
     place on local disks, a single put on object stores."""
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" not in protocols and "local" not in protocols:
-        fs.pipe_file(path, data)
-        return
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with fs.open(temporary, "wb") as handle:
-            handle.write(data)
-        fs.mv(temporary, path)
-    finally:
-        if fs.exists(temporary):
-            fs.rm(temporary)
+    _whole(fs, path, lambda target: fs.pipe_file(target, data))
 
 
 def copy_atomically(fs: fsspec.AbstractFileSystem, source: str, path: str) -> None:
     """Copy a file whole or not at all: a server-side copy on object stores (one new
     object), a temporary name renamed into place on local disks."""
+    _whole(fs, path, lambda target: fs.copy(source, target))
+
+
+def _whole(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[str], None]) -> None:
+    """Run ``write(target)`` so that ``path`` appears whole or not at all: straight to
+    ``path`` on object stores (an object appears in one piece), else to a temporary
+    name that is then renamed into place."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "file" not in protocols and "local" not in protocols:
-        fs.copy(source, path)
+        write(path)
         return
     temporary = f"{path}.{uuid.uuid4().hex}.tmp"
     try:
-        fs.copy(source, temporary)
+        write(temporary)
         fs.mv(temporary, path)
     finally:
         if fs.exists(temporary):

@@ -192,15 +192,16 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         return self.request_tokens(texts) if self.max_tokens_per_input else None
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> list[Any]:
+        counts = self.request_tokens(texts)  # once per batch: truncation and splitting
         limit = self.max_tokens_per_input
-        if limit is not None:
-            counts = self.request_tokens(texts)
+        if limit is not None and any(count > limit for count in counts):
             texts = [
                 self._truncate(text, limit) if count > limit else text
                 for text, count in zip(texts, counts, strict=True)
             ]
+            counts = [min(count, limit) for count in counts]
         vectors: list[Any] = []
-        for chunk, tokens in self.split_requests(texts):
+        for chunk, tokens in self.split_requests(texts, counts):
             got = self.embed_request(chunk, query=query, tokens=tokens)
             if len(got) != len(chunk):
                 raise ProviderError(
@@ -210,9 +211,9 @@ class HttpEmbeddingFunction(EmbeddingFunction):
             vectors.extend(got)
         return vectors
 
-    def split_requests(self, texts: Documents) -> list[tuple[Documents, int]]:
-        """Consecutive requests within the documented limits, each with its token count."""
-        counts = self.request_tokens(texts)
+    def split_requests(self, texts: Documents, counts: list[int]) -> list[tuple[Documents, int]]:
+        """Consecutive requests within the documented limits, each with its token count
+        (``counts``: each text's tokens, from :meth:`request_tokens`)."""
         token_limit = self.max_tokens_per_request
         requests: list[tuple[Documents, int]] = []
         chunk: Documents = []
