@@ -244,3 +244,23 @@ def test_an_unfinished_snapshot_of_another_config_does_not_block_a_nightly_run(t
     job = Job(make_spec(source, output, server, normalize=False))  # the model config changed
     assert "full re-embed" in job.plan().note
     assert job.run(progress=False).complete and len(by_id(output)) == 40
+
+
+def test_key_collisions_never_carry_a_wrong_vector(monkeypatch):
+    from embedfleet.job import incremental
+
+    ids = [f"doc-{index}" for index in range(50)]
+    hashes = [content_hash(f"text {index}") for index in range(50)]
+    table = pa.table(
+        {"id": ids, "content_hash": hashes, "part": ["p.parquet"] * 50, "row": list(range(50))}
+    )
+    monkeypatch.setattr(incremental, "_id_key", lambda id_: 7)  # every id collides
+    id_keys, id_rows = incremental._sorted_keys(ids, incremental._id_key)
+    hash_keys, hash_rows = incremental._sorted_keys(hashes, incremental._hash_key)
+    base = incremental.BaseIndex("base", table, id_keys, id_rows, hash_keys, hash_rows)
+    shuffled = list(range(49, -1, -1))
+    matches = incremental.match([ids[i] for i in shuffled], [hashes[i] for i in shuffled], base)
+    # carried rows come from their own id; the others still find their text by its hash
+    for row, (kind, source) in enumerate(zip(matches.kinds, matches.sources, strict=True)):
+        assert kind in (incremental.CARRY, incremental.REUSE) and source == shuffled[row]
+    assert matches.count(incremental.CARRY) == 1

@@ -2,14 +2,15 @@
 
 A run in ``mode = "incremental"`` starts from the latest complete snapshot made
 with the same fingerprint (the *base*). The driver reads the base's ``id`` and
-``content_hash`` columns once into an :class:`BaseIndex` (a small Arrow table,
-shared with every shard task through Ray's object store). Each shard task then
-sorts its rows into four kinds::
+``content_hash`` columns once into an :class:`BaseIndex` (a small Arrow table plus
+sorted 64-bit keys of its ids and hashes, shared with every shard task through
+Ray's object store). Each shard task looks its rows up by key (``searchsorted``,
+hits confirmed on the full strings) and sorts them into four kinds::
 
     carried   same id, same content hash: the base's vector, no model call
     reused    another id in the base has this exact text: its vector, no model call
     embedded  new or changed text: sent to the model
-    (deleted  ids of the base that no shard read: counted by the driver)
+    (deleted  ids of the base in neither the new parts nor their rejects: the driver)
 
 Vectors are read back from the base's part files, one file at a time, only for
 the rows that need them. A shard whose rows are exactly one base part, unchanged
@@ -20,6 +21,7 @@ base, so pruning the base later loses nothing.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +37,46 @@ EMBED, CARRY, REUSE = 0, 1, 2
 
 @dataclass
 class BaseIndex:
-    """Where every row of the base snapshot lives: id, content hash, part file, row."""
+    """Where every row of the base snapshot lives (id, content hash, part file, row),
+    with sorted 64-bit keys of its ids and hashes so that a shard finds its rows with
+    ``np.searchsorted`` in O(rows log base), never a pass over the whole base."""
 
     run_id: str
     table: pa.Table  # id, content_hash, part (file name in the snapshot), row (in the part)
+    id_keys: np.ndarray  # sorted uint64 keys of the ids ...
+    id_rows: np.ndarray  # ... and the table row of each
+    hash_keys: np.ndarray  # sorted uint64 keys of the content hashes ...
+    hash_rows: np.ndarray  # ... and the table row of each
 
     @property
     def rows(self) -> int:
         return self.table.num_rows
 
 
+def _id_key(id_: str) -> int:
+    return int.from_bytes(hashlib.blake2b(id_.encode(), digest_size=8).digest(), "little")
+
+
+def _hash_key(content_hash: str) -> int:
+    return int(content_hash[:16], 16)  # a sha256 hex digest: its first 64 bits
+
+
+def _sorted_keys(values: list[str], key: Any) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.fromiter((key(value) for value in values), dtype=np.uint64, count=len(values))
+    rows = np.argsort(keys, kind="stable")
+    return keys[rows], rows
+
+
+def _lookup(sorted_keys: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Table rows whose key equals each of ``keys`` (the first such), -1 where none."""
+    if not sorted_keys.size:
+        return np.full(len(keys), -1, dtype=np.int64)
+    positions = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return np.where(sorted_keys[positions] == keys, rows[positions], -1).astype(np.int64)
+
+
 def build_index(snapshot: sink.Snapshot) -> BaseIndex:
-    """Read the base's ``id`` and ``content_hash`` columns, part by part."""
+    """Read the base's ``id`` and ``content_hash`` columns, part by part, and key them."""
     pieces = []
     for marker in snapshot.commits().values():
         part = marker.get("part")
@@ -67,8 +97,10 @@ def build_index(snapshot: sink.Snapshot) -> BaseIndex:
             ("row", pa.int64()),
         ]
     )
-    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    return BaseIndex(snapshot.run_id, table)
+    table = pa.concat_tables(pieces).combine_chunks() if pieces else schema.empty_table()
+    id_keys, id_rows = _sorted_keys(table["id"].to_pylist(), _id_key)
+    hash_keys, hash_rows = _sorted_keys(table["content_hash"].to_pylist(), _hash_key)
+    return BaseIndex(snapshot.run_id, table, id_keys, id_rows, hash_keys, hash_rows)
 
 
 @dataclass
@@ -91,22 +123,29 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     if not count or not index.rows:
         return Matches(kinds, sources, 0)
     base = index.table
-    by_id = pc.index_in(pa.array(ids, pa.string()), value_set=base["id"])
-    known = by_id.is_valid().to_numpy(zero_copy_only=False)
-    positions = by_id.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    base_hashes = base["content_hash"].to_numpy()
-    new_hashes = np.asarray(hashes, dtype=object)
-    same = known & (base_hashes[np.where(known, positions, 0)] == new_hashes)
+    # candidates by 64-bit key, confirmed on the full strings (a key collision embeds)
+    by_id = _lookup(index.id_keys, index.id_rows, np.fromiter(map(_id_key, ids), np.uint64))
+    candidates = np.flatnonzero(by_id >= 0)
+    base_ids = base["id"].take(pa.array(by_id[candidates])).to_pylist()
+    base_texts = base["content_hash"].take(pa.array(by_id[candidates])).to_pylist()
+    known = np.zeros(count, dtype=bool)
+    same = np.zeros(count, dtype=bool)
+    for position, base_id, base_hash in zip(candidates, base_ids, base_texts, strict=True):
+        if base_id == ids[position]:
+            known[position] = True
+            same[position] = base_hash == hashes[position]
     kinds[same] = CARRY
-    sources[same] = positions[same]
+    sources[same] = by_id[same]
     rest = np.flatnonzero(~same)
     if rest.size:
-        by_text = pc.index_in(
-            pa.array(new_hashes[rest].tolist(), pa.string()), base["content_hash"]
-        )
-        found = by_text.is_valid().to_numpy(zero_copy_only=False)
-        kinds[rest[found]] = REUSE
-        sources[rest[found]] = by_text.fill_null(-1).to_numpy(zero_copy_only=False)[found]
+        keys = np.fromiter((_hash_key(hashes[position]) for position in rest), np.uint64)
+        by_text = _lookup(index.hash_keys, index.hash_rows, keys)
+        found = np.flatnonzero(by_text >= 0)
+        confirmed = base["content_hash"].take(pa.array(by_text[found])).to_pylist()
+        for offset, base_hash in zip(found, confirmed, strict=True):
+            if base_hash == hashes[rest[offset]]:
+                kinds[rest[offset]] = REUSE
+                sources[rest[offset]] = by_text[offset]
     return Matches(kinds, sources, int(known.sum()))
 
 
