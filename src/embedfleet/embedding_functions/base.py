@@ -79,6 +79,12 @@ class Requirement:
     install: str  # e.g. 'pip install "embedfleet[local]"'
 
 
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ConfigError unless ``value`` is None or a positive int (bools are not ints here)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+
+
 def validate_documents(input: object) -> Documents:
     """Return ``input`` as a list of str, or raise naming the offending index."""
     if isinstance(input, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from embedfleet.embedding_functions.base import Documents
+from embedfleet.embedding_functions.base import Documents, check_positive_int
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
@@ -48,10 +48,7 @@ class GoogleGenerativeAiEmbeddingFunction(HttpEmbeddingFunction):
     ) -> None:
         if task_type not in TASK_TYPES:
             raise ConfigError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
-        if dimension is not None and (
-            not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1
-        ):
-            raise ConfigError(f"dimension must be a positive integer, got {dimension!r}")
+        check_positive_int("dimension", dimension)
         super().__init__(api_key_env_var=api_key_env_var, **options)
         self.model_name = model_name
         self.task_type = task_type

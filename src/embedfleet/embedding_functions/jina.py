@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from embedfleet.embedding_functions.base import Documents
+from embedfleet.embedding_functions.base import Documents, check_positive_int
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
@@ -44,10 +44,7 @@ class JinaEmbeddingFunction(HttpEmbeddingFunction):
         api_key_env_var: str = "JINA_API_KEY",
         **options: Unpack[HttpOptions],
     ) -> None:
-        if dimensions is not None and (
-            not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
-        ):
-            raise ConfigError(f"dimensions must be a positive integer, got {dimensions!r}")
+        check_positive_int("dimensions", dimensions)
         if late_chunking:
             raise ConfigError(
                 "late_chunking=True embeds each chunk in the context of the others sent in the "

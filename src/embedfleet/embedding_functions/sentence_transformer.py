@@ -21,6 +21,7 @@ from embedfleet.embedding_functions.base import (
     Documents,
     EmbeddingFunction,
     Requirement,
+    check_positive_int,
 )
 from embedfleet.embedding_functions.local_models import (
     DEFAULT_MODEL_NAME,
@@ -85,14 +86,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             not isinstance(max_seq_length, int) or max_seq_length < 1
         ):
             raise ConfigError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
-        if max_batch_tokens is not None and (
-            not isinstance(max_batch_tokens, int)
-            or isinstance(max_batch_tokens, bool)
-            or max_batch_tokens < 1
-        ):
-            raise ConfigError(
-                f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}"
-            )
+        check_positive_int("max_batch_tokens", max_batch_tokens)
         self.max_batch_tokens = max_batch_tokens
         check_device(device)
         check_precision(precision)

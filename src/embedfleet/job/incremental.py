@@ -109,7 +109,6 @@ class Matches:
 
     kinds: np.ndarray  # EMBED / CARRY / REUSE per row
     sources: np.ndarray  # row of the base index holding the vector, -1 for EMBED
-    known_ids: int  # rows whose id is in the base (carried or changed): not deleted
 
     def count(self, kind: int) -> int:
         return int((self.kinds == kind).sum())
@@ -121,19 +120,16 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     kinds = np.full(count, EMBED, dtype=np.int8)
     sources = np.full(count, -1, dtype=np.int64)
     if not count or not index.rows:
-        return Matches(kinds, sources, 0)
+        return Matches(kinds, sources)
     base = index.table
     # candidates by 64-bit key, confirmed on the full strings (a key collision embeds)
     by_id = _lookup(index.id_keys, index.id_rows, np.fromiter(map(_id_key, ids), np.uint64))
     candidates = np.flatnonzero(by_id >= 0)
     base_ids = base["id"].take(pa.array(by_id[candidates])).to_pylist()
     base_texts = base["content_hash"].take(pa.array(by_id[candidates])).to_pylist()
-    known = np.zeros(count, dtype=bool)
     same = np.zeros(count, dtype=bool)
     for position, base_id, base_hash in zip(candidates, base_ids, base_texts, strict=True):
-        if base_id == ids[position]:
-            known[position] = True
-            same[position] = base_hash == hashes[position]
+        same[position] = base_id == ids[position] and base_hash == hashes[position]
     kinds[same] = CARRY
     sources[same] = by_id[same]
     rest = np.flatnonzero(~same)
@@ -146,7 +142,7 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
             if base_hash == hashes[rest[offset]]:
                 kinds[rest[offset]] = REUSE
                 sources[rest[offset]] = by_text[offset]
-    return Matches(kinds, sources, int(known.sum()))
+    return Matches(kinds, sources)
 
 
 def fetch_vectors(snapshot: sink.Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:

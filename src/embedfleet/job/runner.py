@@ -623,7 +623,6 @@ def embed_shard(
         "tokens": shard_tokens,
         "carried": matches.count(incremental.CARRY) if matches else 0,
         "reused": matches.count(incremental.REUSE) if matches else 0,
-        "known_ids": matches.known_ids if matches else 0,
         "read_seconds": round(read_done - started, 3),
     }
     if base is not None and matches is not None and not reject_ids:
