@@ -1,14 +1,19 @@
 """Shared fixtures. Nothing here reaches the internet: the hub is switched off
 before transformers is imported, and models are the packaged all-MiniLM-L6-v2
-weights or tiny random BERTs built in a temp dir."""
+weights or tiny random BERTs built in a temp dir, and ONNX exports go to a temp
+cache for the session."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ONNX exports of the session (one per model), never in the user's own cache; set before
+# Ray starts so its workers share it.
+os.environ["EMBEDFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="embedfleet-test-cache-")
 
 from pathlib import Path
 
@@ -42,3 +47,11 @@ def local_ray():
         ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_sessions_export_cache():
+    yield
+    import shutil
+
+    shutil.rmtree(os.environ["EMBEDFLEET_CACHE_DIR"], ignore_errors=True)

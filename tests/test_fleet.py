@@ -285,3 +285,16 @@ def test_custom_resources_pin_replicas_and_name_what_is_missing():
         embedfleet.remote(ef, num_cpus=0, resources={"gpu_node": 1}, start_timeout=2)
     with pytest.raises(ConfigError, match="use num_cpus / num_gpus"):
         embedfleet.remote(ef, resources={"CPU": 1})
+
+
+def test_onnx_replicas_export_once_and_match_in_process(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    ef = SentenceTransformerEmbeddingFunction(str(tiny_model_dir), backend="onnx", precision="fp32")
+    texts = [f"{'orbit ' * (1 + index % 9)}{index}" for index in range(40)]
+    expected = stack(ef(texts))  # exports here; the replicas find the files
+    fleet = embedfleet.remote(
+        ef, replicas=2, num_cpus=1, batch_size=8, forward_env=["EMBEDFLEET_CACHE_DIR"]
+    )
+    with fleet:
+        np.testing.assert_allclose(stack(fleet(texts)), expected, atol=1e-6)
+    assert len(list((tmp_path / "cache" / "onnx").iterdir())) == 1

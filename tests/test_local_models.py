@@ -265,6 +265,50 @@ def test_without_the_weights_package_the_default_model_comes_from_the_hub_path(m
 def test_pipelined_batches_match_encode_one_text_at_a_time(tiny_model_dir, make):
     ef = make(tiny_model_dir)
     texts = [" ".join(["comet"] * (1 + index % 7)) + f" {index}" for index in range(20)]
-    batched = np.stack(ef(texts))  # several batches: tokenized ahead on a helper thread
-    single = np.stack([ef([text])[0] for text in texts])  # one batch each: through encode
+    batched = np.stack(ef(texts))  # several batches: built ahead on a helper thread
+    single = np.stack([ef.embed_batch([text])[0] for text in texts])  # model.encode
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+class CountingTokenizer:
+    """Counts the texts a model's tokenizer is asked to tokenize (all calls)."""
+
+    def __init__(self, monkeypatch, tokenizer) -> None:
+        self.texts = 0
+        original = type(tokenizer).__call__
+
+        def counting(tokenizer_self, text, *args, **kwargs):
+            self.texts += 1 if isinstance(text, str) else len(text)
+            return original(tokenizer_self, text, *args, **kwargs)
+
+        monkeypatch.setattr(type(tokenizer), "__call__", counting)
+
+
+@pytest.mark.parametrize("query", [False, True], ids=["documents", "queries"])
+def test_each_text_is_tokenized_once_per_call(tiny_model_dir, monkeypatch, query):
+    ef = tiny(tiny_model_dir, query_prompt="query: ", batch_size=4)
+    embed = ef.embed_query if query else ef
+    embed(["warm up", "the probe"])  # checks once per prompt that ids reproduce preprocess
+    texts = [" ".join(["comet"] * (1 + index % 9)) + f" {index}" for index in range(30)]
+    texts += [LONG_TEXT, texts[0]]  # one past the limit (cut from its ids) and one repeat
+    counter = CountingTokenizer(monkeypatch, ef.model.tokenizer)
+    vectors = np.stack(embed(texts))
+    assert counter.texts == len(texts) - 1  # unique texts, once each: counted and batched
+    assert ef.stats.truncated == 1
+    reference = ef.model.encode(texts, batch_size=7, prompt="query: " if query else None)
+    np.testing.assert_allclose(vectors, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_without_a_token_layout_batches_use_the_models_preprocess(tiny_model_dir, monkeypatch):
+    from embedfleet.embedding_functions import sentence_transformer
+
+    monkeypatch.setattr(sentence_transformer, "token_layout", lambda tokenizer: None)
+    ef = tiny(tiny_model_dir, document_prompt="passage: ", batch_size=4)
+    texts = [" ".join(["orbit"] * (1 + index % 5)) + f" {index}" for index in range(12)]
+    texts.append(LONG_TEXT)
+    counter = CountingTokenizer(monkeypatch, ef.model.tokenizer)
+    vectors = np.stack(ef(texts))
+    assert ef._token_path == {"passage: ": None}
+    assert counter.texts >= 2 * len(texts)  # counted, then tokenized again per batch
+    reference = ef.model.encode(texts, prompt="passage: ")
+    np.testing.assert_allclose(vectors, reference, rtol=1e-5, atol=1e-6)

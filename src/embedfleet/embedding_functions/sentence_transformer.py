@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +36,19 @@ from embedfleet.embedding_functions.local_models import (
     resolve_precision,
     resolve_source,
 )
+from embedfleet.embedding_functions.onnx_backend import (
+    OnnxModel,
+    check_onnx_precision,
+    load_onnx_model,
+)
 from embedfleet.embedding_functions.registry import register
+from embedfleet.embedding_functions.token_batches import (
+    TokenIds,
+    TokenLayout,
+    pad_batch,
+    token_layout,
+    tokenize,
+)
 from embedfleet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,6 +58,34 @@ _RESERVED_MODEL_KWARGS = ("dtype", "torch_dtype", "device_map")
 #: Padded tokens per batch (texts x longest): measured best on a 2-core CPU with
 #: all-MiniLM-L6-v2 (docs/benchmarks.md); raise it on a GPU.
 DEFAULT_MAX_BATCH_TOKENS = 4096
+BACKENDS = ("torch", "onnx")
+
+
+#: A checked way to build batches from token ids: the layout, plus non-array features.
+_TokenPath = tuple[TokenLayout, dict[str, Any]]
+
+
+def check_backend(backend: str, device: str, precision: str) -> None:
+    """``torch`` takes any device and fp32/fp16/bf16; ``onnx`` runs on CPU, fp32 or int8."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        check_precision(precision)
+        return
+    check_onnx_precision(precision)
+    if device not in ("auto", "cpu"):
+        raise ConfigError(
+            f"backend='onnx' runs on the CPU; use backend='torch' for device={device!r}"
+        )
+
+
+@dataclass(frozen=True)
+class _CallTokens:
+    """The token ids of one call's texts, kept from counting until its batches run."""
+
+    texts: Documents
+    query: bool
+    ids: TokenIds
 
 
 @register("sentence_transformer")
@@ -53,8 +94,11 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
 
     ``precision="auto"`` resolves to fp16 on CUDA, bf16 on CPUs with native
     bf16 (AVX512-BF16 or AMX) and fp32 elsewhere; :attr:`precision` holds the
-    resolved value. ``query_prompt`` / ``document_prompt`` are prompt names the
-    model defines (e5, bge, nomic) or literal prefixes.
+    resolved value. ``backend="onnx"`` runs the model exported to ONNX Runtime on
+    the CPU instead of torch, in fp32 or int8 (see
+    :mod:`~embedfleet.embedding_functions.onnx_backend`). ``query_prompt`` /
+    ``document_prompt`` are prompt names the model defines (e5, bge, nomic) or
+    literal prefixes.
     """
 
     requirements = (
@@ -77,6 +121,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         document_prompt: str | None = None,
         on_long: str = "truncate",
         trust_remote_code: bool = False,
+        backend: str = "torch",
         **model_kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, on_long=on_long)
@@ -89,7 +134,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         check_positive_int("max_batch_tokens", max_batch_tokens)
         self.max_batch_tokens = max_batch_tokens
         check_device(device)
-        check_precision(precision)
+        check_backend(backend, device, precision)
         reserved = [key for key in _RESERVED_MODEL_KWARGS if key in model_kwargs]
         if reserved:
             raise ConfigError(
@@ -109,10 +154,15 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         self.query_prompt = query_prompt
         self.document_prompt = document_prompt
         self.trust_remote_code = trust_remote_code
+        self.backend = backend
         self.model_kwargs = model_kwargs
         self._model_kwargs_json = model_kwargs_json
         self._source: ResolvedSource | None = None
         self._resolved_device: str | None = None
+        #: Per prompt: whether batches built from token ids match ``preprocess``.
+        self._token_path: dict[str, _TokenPath | None] = {}
+        self._threads: int | None = None  # set on a fleet replica: its CPU share
+        self._onnx_model: OnnxModel | None = None  # per process, never pickled
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
@@ -127,14 +177,16 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
             "trust_remote_code": self.trust_remote_code,
+            "backend": self.backend,
             **super().get_config(),
             **self.model_kwargs,
         }
 
     def describe(self) -> dict[str, Any]:
         source = self.source
-        return {
+        described = {
             **super().describe(),
+            "backend": self.backend,
             "precision": self.precision,
             "device": self.resolved_device,
             "normalized": self.normalize_embeddings,
@@ -142,18 +194,27 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             "model_revision": self.revision
             or (f"sha256:{source.weights_sha256}" if source.weights_sha256 else None),
         }
+        if self.backend == "onnx":
+            described["int8_min_cosine"] = self._onnx().int8_min_cosine
+        return described
 
     # ------------------------------------------------------------------ the model
     @property
     def resolved_device(self) -> str:
         """The device the model runs on, resolved in the process that runs it."""
         if self._resolved_device is None:
-            self._resolved_device = resolve_device(self.device)
+            onnx = self.backend == "onnx"
+            self._resolved_device = "cpu" if onnx else resolve_device(self.device)
         return self._resolved_device
 
     @property
     def precision(self) -> str:
-        """The precision actually used: "fp32", "fp16" or "bf16"."""
+        """The precision actually used: "fp32", "fp16" or "bf16"; with the ONNX backend
+        "fp32" or "int8" (``"auto"`` picks int8 only where the quality guard holds)."""
+        if self.backend == "onnx":
+            if self.requested_precision == "fp32":
+                return "fp32"
+            return self._onnx().precision
         return resolve_precision(self.requested_precision, self.resolved_device)
 
     @property
@@ -173,7 +234,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             source=self.source.source,
             revision=self.revision,
             device=self.resolved_device,
-            precision=self.precision,
+            precision="fp32" if self.backend == "onnx" else self.precision,
             max_seq_length=self.max_seq_length,
             pooling_include_prompt=self._pooling_include_prompt(),
             trust_remote_code=self.trust_remote_code,
@@ -195,6 +256,31 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
     def warm_up(self) -> None:
         """Load the model now (a fleet replica does this at start-up)."""
         _ = self.model
+        if self.backend == "onnx":
+            self._onnx()
+
+    def _onnx(self) -> OnnxModel:
+        """The ONNX Runtime model (exported, quantized and measured on first use)."""
+        if self._onnx_model is not None:
+            return self._onnx_model
+        model = self.model
+        if any(getattr(module, "include_prompt", True) is False for module in model):
+            raise ConfigError(
+                "backend='onnx' cannot leave a prompt out of the pooling (Instructor-style "
+                "models); use backend='torch'"
+            )
+        inputs = tuple(
+            name
+            for name in ("input_ids", "attention_mask", "token_type_ids")
+            if name in model.preprocess(["x"])
+        )
+        self._onnx_model = load_onnx_model(model, inputs, self.requested_precision, self._threads)
+        return self._onnx_model
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_onnx_model"] = None  # an ORT session stays in its process
+        return state
 
     def set_num_threads(self, threads: int) -> None:
         """Pin torch's intra-op threads and the tokenizer's pool to ``threads`` cores."""
@@ -203,6 +289,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+        self._threads = threads  # the ONNX Runtime session's intra-op threads
+        self._onnx_model = None
 
     # ------------------------------------------------------------------ embedding
     def _prompt(self, *, query: bool) -> dict[str, str]:
@@ -215,44 +303,122 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         return {"prompt": prompt}
 
     def _prompt_text(self, *, query: bool) -> str:
+        """The text prepended on this side, as ``encode`` resolves it (the model's
+        default prompt included); "" for none."""
         selection = self._prompt(query=query)
-        if "prompt_name" in selection:
-            return self.model.prompts[selection["prompt_name"]]
-        return selection.get("prompt", "")
+        resolved = self.model._resolve_prompt(selection.get("prompt"), selection.get("prompt_name"))
+        return resolved or ""
 
     def count_tokens(self, texts: Documents, *, query: bool = False) -> list[int] | None:
+        tokens = getattr(self._this_call, "tokens", None)
+        if tokens is not None and tokens.texts is texts and tokens.query == query:
+            return tokens.ids.lengths.tolist()  # this call's own texts: already tokenized
         prefix = self._prompt_text(query=query)
-        encoded = self.model.tokenizer(
-            [prefix + text for text in texts], truncation=False, verbose=False
-        )["input_ids"]
-        return [len(ids) for ids in encoded]
+        return tokenize(self.model.tokenizer, texts, prefix).lengths.tolist()
+
+    def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
+        """Tokenize the call's texts once: the counts sort and cut the batches, the
+        ids become the batches' inputs (see :meth:`_embed_batches`)."""
+        ids = tokenize(self.model.tokenizer, texts, self._prompt_text(query=query))
+        self._this_call.tokens = _CallTokens(texts, query, ids)
+        return super()._lengths(texts, first_seen, query=query)
 
     def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
-        """Tokenize the next batch on a helper thread while the model runs this one
-        (the tokenizer and torch both release the GIL), then the same steps as
-        ``encode``: preprocess with the prompt, forward, normalize, to CPU float32."""
+        """Build each batch's inputs from the ids tokenized once for the call (or, where
+        that cannot reproduce the model's own preprocessing, with ``preprocess``) on a
+        helper thread while the model runs the previous batch (numpy, the tokenizer and
+        torch release the GIL); then the same steps as ``encode``: forward, normalize,
+        to CPU float32."""
         model = self.model
-        if len(batches) == 1 or not callable(getattr(model, "preprocess", None)):
+        tokens = getattr(self._this_call, "tokens", None)
+        self._this_call.tokens = None
+        if not callable(getattr(model, "preprocess", None)):
             yield from super()._embed_batches(batches, query=query)
             return
-        selection = self._prompt(query=query)
-        prompt = model._resolve_prompt(selection.get("prompt"), selection.get("prompt_name"))
+        features = self._batch_features(query, tokens if tokens and tokens.query == query else None)
+        if len(batches) == 1:
+            yield self._forward(features(batches[0]))
+            return
         pool = ThreadPoolExecutor(1, thread_name_prefix="embedfleet-tokenize")
         try:
-            upcoming = pool.submit(model.preprocess, batches[0], prompt=prompt)
+            upcoming = pool.submit(features, batches[0])
             for index in range(len(batches)):
-                features = upcoming.result()
+                current = upcoming.result()
                 if index + 1 < len(batches):
-                    upcoming = pool.submit(model.preprocess, batches[index + 1], prompt=prompt)
-                yield self._forward(features)
+                    upcoming = pool.submit(features, batches[index + 1])
+                yield self._forward(current)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _batch_features(
+        self, query: bool, tokens: _CallTokens | None
+    ) -> Callable[[Documents], dict[str, Any]]:
+        """A function from a batch of texts to the model's input features."""
+        model = self.model
+        prefix = self._prompt_text(query=query)
+        prompt = prefix or None
+        checked = self._checked_token_path(prompt)
+        if checked is None:  # the model's own preprocessing, tokenizing again
+            return lambda batch: model.preprocess(batch, prompt=prompt)
+        layout, extras = checked
+        limit = model.max_seq_length
+        index = {text: row for row, text in enumerate(tokens.texts)} if tokens else {}
+
+        def features(batch: Documents) -> dict[str, Any]:
+            rows = [index.get(text) for text in batch]
+            if tokens is not None and None not in rows:
+                ids = [tokens.ids.row(row) for row in rows]  # type: ignore[arg-type]
+            else:  # texts this call did not count (a direct embed of a batch)
+                fresh = tokenize(model.tokenizer, batch, prefix)
+                ids = [fresh.row(row) for row in range(len(batch))]
+            return {**pad_batch(layout, ids, limit), **extras}
+
+        return features
+
+    def _checked_token_path(self, prompt: str | None) -> _TokenPath | None:
+        """Whether batches built from token ids equal the model's ``preprocess`` for
+        this prompt, checked once per prompt on probe texts (short ones and one past
+        the token limit): the tokenizer's layout and the non-array features to add
+        (``modality``, ``prompt_length``), or None to fall back to ``preprocess``."""
+        key = prompt or ""
+        if key not in self._token_path:
+            self._token_path[key] = self._probe_token_path(prompt)
+        return self._token_path[key]
+
+    def _probe_token_path(self, prompt: str | None) -> _TokenPath | None:
+        model = self.model
+        layout = token_layout(model.tokenizer)
+        if layout is None:
+            return None
+        limit = model.max_seq_length or 512
+        probe = ["a", "Probe text, with punctuation: 42!", "probe " * (limit + 8)]
+        expected = model.preprocess(probe, prompt=prompt)
+        fresh = tokenize(model.tokenizer, probe, prompt or "")
+        built = pad_batch(layout, [fresh.row(row) for row in range(len(probe))], limit)
+        arrays = {key: value for key, value in expected.items() if hasattr(value, "shape")}
+        if set(arrays) != set(built) or not all(
+            np.array_equal(np.asarray(arrays[key].cpu()), built[key]) for key in built
+        ):
+            return None
+        return layout, {key: value for key, value in expected.items() if key not in arrays}
+
     def _forward(self, features: dict[str, Any]) -> np.ndarray:
+        model = self.model
+        if self.backend == "onnx":
+            vectors = self._onnx().run(features)
+            if model.truncate_dim is not None:
+                vectors = vectors[:, : model.truncate_dim]
+            if self.normalize_embeddings:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.maximum(norms, 1e-12)
+            return vectors
         import torch
         from sentence_transformers.util import batch_to_device
 
-        model = self.model
+        features = {
+            key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in features.items()
+        }
         with torch.inference_mode():
             output = model(batch_to_device(features, model.device))
             vectors = output["sentence_embedding"]
@@ -263,6 +429,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             return vectors.float().cpu().numpy()
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
+        if self.backend == "onnx":
+            return self._forward(self._batch_features(query, None)(texts))
         return self.model.encode(
             texts,
             batch_size=len(texts),
@@ -289,6 +457,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         on_long: str = "truncate",
+        backend: str = "torch",
     ) -> None:
         super().__init__(
             DEFAULT_MODEL_NAME,
@@ -298,6 +467,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             max_batch_tokens=max_batch_tokens,
             normalize_embeddings=True,
             on_long=on_long,
+            backend=backend,
         )
         self._dimension = 384
 
@@ -308,6 +478,7 @@ class DefaultEmbeddingFunction(SentenceTransformerEmbeddingFunction):
             "batch_size": self.batch_size,
             "max_batch_tokens": self.max_batch_tokens,
             "on_long": self.on_long,
+            "backend": self.backend,
         }
 
 

@@ -1,0 +1,293 @@
+"""ONNX Runtime for local models on CPU: exported once with torch, run by ORT.
+
+``backend="onnx"`` on a sentence-transformers function. The whole model
+(transformer, pooling, normalization) is exported with torch's own exporter
+(no ``optimum``) to the cache directory (``$EMBEDFLEET_CACHE_DIR``, else
+``~/.cache/embedfleet``) under a key made of the weights, the model's modules
+and the library versions, so a changed model never reuses a stale export and
+replicas on one machine export once. Files are written to a temporary
+directory and renamed into place: a crash or a concurrent export never leaves
+half a model behind.
+
+Precision: ``fp32`` runs the exported model as is (it matches torch fp32 within
+1e-6). ``int8`` stores the MatMul weights as int8 in blocks of 32 with int8
+compute (``onnxruntime.quantization``'s MatMulNBits quantizer; dynamic per-channel
+int8 lost too much here, min cosine 0.98) and is only used where the quality guard holds:
+on the guard corpus (:func:`guard_corpus`: short, medium and long texts), every
+int8 vector must have cosine >= :data:`INT8_MIN_COSINE` to its fp32 vector. The
+measurement is stored next to the files. ``precision="int8"`` raises
+:class:`~embedfleet.errors.QualityGuardError` when it fails; ``"auto"`` falls
+back to fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from contextlib import suppress
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embedfleet.errors import ConfigError, MissingDependencyError, QualityGuardError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+ONNX_INSTALL_HINT = 'pip install "embedfleet[onnx]"'
+ONNX_PRECISIONS = ("auto", "fp32", "int8")
+#: int8 is used only if every guard-corpus vector keeps this cosine to fp32.
+INT8_MIN_COSINE = 0.999
+#: Bump when the export or quantization recipe changes: old exports are then ignored.
+EXPORT_FORMAT = 2
+OPSET = 17
+OUTPUT = "sentence_embedding"
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """One ORT session over an exported model, with what the guard measured."""
+
+    session: Any
+    input_names: tuple[str, ...]
+    precision: str  # "fp32" or "int8"
+    int8_min_cosine: float | None  # the guard's measurement, None when not taken
+    path: Path
+
+    def run(self, features: dict[str, Any]) -> np.ndarray:
+        """Vectors for one batch of model inputs (numpy or torch int64 arrays)."""
+        feed = {name: _as_numpy(features[name]) for name in self.input_names}
+        (vectors,) = self.session.run([OUTPUT], feed)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def require_onnx() -> Any:
+    try:
+        import onnx  # noqa: F401 - the exporter and the quantizer need it
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"backend='onnx' needs onnx and onnxruntime: {ONNX_INSTALL_HINT}"
+        ) from exc
+    return onnxruntime
+
+
+def check_onnx_precision(precision: str) -> None:
+    if precision not in ONNX_PRECISIONS:
+        raise ConfigError(
+            f"with backend='onnx', precision must be one of {ONNX_PRECISIONS}, got {precision!r}"
+        )
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("EMBEDFLEET_CACHE_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "embedfleet"
+
+
+# ---------------------------------------------------------------------- process cache
+_models: dict[tuple[str, str, int | None], OnnxModel] = {}
+_lock = threading.Lock()
+
+
+def load_onnx_model(
+    model: SentenceTransformer, input_names: tuple[str, ...], precision: str, threads: int | None
+) -> OnnxModel:
+    """The ORT model for ``model`` at ``precision`` ("auto", "fp32" or "int8"), exporting
+    (and quantizing, and measuring) on first use; one session per process and setting."""
+    check_onnx_precision(precision)
+    ort = require_onnx()
+    with _lock:  # export and guard at most once per process; sessions are cheap to share
+        directory = exported(model, input_names)
+        guard = json.loads((directory / "guard.json").read_text())
+        resolved = _resolve(precision, guard)
+        key = (str(directory), resolved, threads)
+        if key not in _models:
+            path = directory / ("model.int8.onnx" if resolved == "int8" else "model.onnx")
+            session = _session(ort, path, threads)
+            _models[key] = OnnxModel(session, input_names, resolved, guard["int8_min_cosine"], path)
+        return _models[key]
+
+
+def _resolve(precision: str, guard: dict[str, Any]) -> str:
+    passed = guard["int8_min_cosine"] >= INT8_MIN_COSINE
+    if precision == "int8" and not passed:
+        raise QualityGuardError(
+            f"int8 fails the quality guard for this model: the minimum cosine to fp32 on the "
+            f"guard corpus is {guard['int8_min_cosine']:.4f}, below {INT8_MIN_COSINE}. Use "
+            "precision='fp32' (or 'auto', which picks int8 only where the guard holds)"
+        )
+    if precision == "auto":
+        return "int8" if passed else "fp32"
+    return precision
+
+
+def _session(ort: Any, path: Path, threads: int | None) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------- export
+def export_key(model: SentenceTransformer, input_names: tuple[str, ...]) -> str:
+    """Changes with the weights, the modules' settings, the inputs and the versions."""
+    import onnxruntime
+    import torch
+
+    digest = hashlib.sha256()
+    description = {
+        "format": EXPORT_FORMAT,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "modules": repr(model),
+        "max_seq_length": model.max_seq_length,
+        "inputs": input_names,
+    }
+    digest.update(json.dumps(description, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
+    """The cache directory holding the fp32 export, the int8 model and the guard's result."""
+    directory = cache_dir() / "onnx" / export_key(model, input_names)
+    if (directory / "guard.json").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
+    try:
+        _export(model, input_names, staging / "model.onnx")
+        _quantize(staging / "model.onnx", staging / "model.int8.onnx")
+        int8_min_cosine = _measure(model, staging)
+        guard = {
+            "int8_min_cosine": int8_min_cosine,
+            "floor": INT8_MIN_COSINE,
+            "corpus_texts": len(guard_corpus()),
+        }
+        (staging / "guard.json").write_text(json.dumps(guard, indent=2) + "\n")
+        try:
+            staging.rename(directory)
+        except OSError:  # another process finished the same export first
+            if not (directory / "guard.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _export(model: SentenceTransformer, input_names: tuple[str, ...], path: Path) -> None:
+    """Trace a copy of the model with eager attention (plain MatMul/Softmax nodes, which
+    ONNX Runtime runs faster here than the traced SDPA graph, and which the quantizer sees)."""
+    import torch
+
+    copy = deepcopy(model).to("cpu").float()
+    set_attention = getattr(getattr(copy[0], "auto_model", None), "set_attn_implementation", None)
+    if callable(set_attention):
+        with suppress(ValueError, NotImplementedError):  # no eager attention: export as is
+            set_attention("eager")
+
+    class Exported(torch.nn.Module):
+        """The sentence-transformers model as a function of positional int64 inputs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = copy
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            features = dict(zip(input_names, inputs, strict=True))
+            return self.model(features)[OUTPUT]
+
+    example = copy.preprocess(["an example text to trace", "another"])
+    arguments = tuple(example[name] for name in input_names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about constant shape checks
+        torch.onnx.export(
+            Exported().eval(),
+            arguments,
+            str(path),
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=[OUTPUT],
+            dynamic_axes={**axes, OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+        )
+
+
+def _quantize(source: Path, target: Path) -> None:
+    """int8 weights in blocks of 32 (one scale each, symmetric), int8 compute
+    (MatMulNBits, accuracy level 4): per-block scales keep the outlier channels that
+    per-tensor or per-channel dynamic quantization loses."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    chatty = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)  # it logs every node at INFO
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(source)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target), False)
+    finally:
+        chatty.setLevel(level)
+
+
+# ---------------------------------------------------------------------- quality guard
+def guard_corpus() -> list[str]:
+    """Short, medium and long texts (past 256 tokens), English and other scripts."""
+    from embedfleet.bench import corpus
+
+    return [
+        *corpus(96, seed=20261125),
+        "The quick brown fox jumps over the lazy dog.",
+        "Embeddings map text to vectors so that similar meanings lie close together.",
+        "Der schnelle braune Fuchs springt über den faulen Hund.",
+        "Le renard brun rapide saute par-dessus le chien paresseux.",
+        "東京は日本の首都であり、世界最大の都市圏の一つです。",
+        "Быстрая коричневая лиса перепрыгивает через ленивую собаку.",
+        "def embed(texts): return model.encode(texts, batch_size=32)",
+        "SELECT id, text FROM documents WHERE updated_at > '2026-01-01';",
+    ]
+
+
+def _measure(model: SentenceTransformer, directory: Path) -> float:
+    """Minimum cosine between int8 and fp32 vectors over the guard corpus."""
+    ort = require_onnx()
+    texts = sorted(guard_corpus(), key=len)
+    fp32 = _session(ort, directory / "model.onnx", None)
+    int8 = _session(ort, directory / "model.int8.onnx", None)
+    lowest = 1.0
+    for start in range(0, len(texts), 16):
+        features = model.preprocess(texts[start : start + 16])
+        feed = {node.name: _as_numpy(features[node.name]) for node in fp32.get_inputs()}
+        reference = fp32.run([OUTPUT], feed)[0]
+        quantized = int8.run([OUTPUT], feed)[0]
+        lowest = min(lowest, float(_cosines(reference, quantized).min()))
+    return lowest
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.int64, copy=False)
+    return value.detach().to("cpu").numpy().astype(np.int64, copy=False)

@@ -1,0 +1,157 @@
+"""backend="onnx": the model exported once with torch and run by ONNX Runtime on the CPU;
+int8 only where the quality guard holds (real exports, real ORT sessions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embedfleet.embedding_functions import (
+    DefaultEmbeddingFunction,
+    SentenceTransformerEmbeddingFunction,
+    onnx_backend,
+)
+from embedfleet.errors import ConfigError, QualityGuardError
+
+LONG_TEXT = " ".join(["word"] * 100)  # over the tiny model's 64-token limit
+TEXTS = [f"{' '.join(['comet'] * (1 + index % 6))} {index}" for index in range(20)] + [LONG_TEXT]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("EMBEDFLEET_CACHE_DIR", str(directory))
+    return directory
+
+
+def onnx(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
+    return SentenceTransformerEmbeddingFunction(str(model_dir), backend="onnx", **kwargs)
+
+
+def torch_fp32(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
+    return SentenceTransformerEmbeddingFunction(
+        str(model_dir), device="cpu", precision="fp32", **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"document_prompt": "passage: ", "normalize_embeddings": True, "batch_size": 4}],
+    ids=["plain", "prompt-normalized"],
+)
+def test_fp32_export_matches_torch(tiny_model_dir, cache, arguments):
+    ef = onnx(tiny_model_dir, precision="fp32", **arguments)
+    vectors = np.stack(ef(TEXTS))
+    expected = np.stack(torch_fp32(tiny_model_dir, **arguments)(TEXTS))
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+    assert ef.precision == "fp32" and ef.describe()["backend"] == "onnx"
+    assert ef.stats.truncated == 1
+    single = ef.embed_batch([TEXTS[3]])  # one batch, straight through the session
+    np.testing.assert_allclose(single[0], expected[3], rtol=1e-4, atol=1e-5)
+
+
+def test_export_is_cached_under_a_key_of_the_weights(tiny_model_dir, tmp_path, cache):
+    from tests.tiny_models import build_tiny_sentence_transformer
+
+    first = onnx(tiny_model_dir, precision="fp32")
+    first.warm_up()
+    exports = sorted((cache / "onnx").iterdir())
+    assert len(exports) == 1
+    assert {path.name for path in exports[0].iterdir()} == {
+        "model.onnx",
+        "model.int8.onnx",
+        "guard.json",
+    }
+    stamp = (exports[0] / "model.onnx").stat().st_mtime_ns
+    onnx_model_cache = dict(onnx_backend._models)
+    onnx_backend._models.clear()  # as in a new process: only the files remain
+    try:
+        again = onnx(tiny_model_dir, precision="fp32")
+        again.warm_up()
+    finally:
+        onnx_backend._models.update(onnx_model_cache)
+    assert (exports[0] / "model.onnx").stat().st_mtime_ns == stamp  # reused, not re-exported
+
+    other = build_tiny_sentence_transformer(tmp_path / "other", seed=1)  # other weights
+    onnx(other, precision="fp32").warm_up()
+    assert len(list((cache / "onnx").iterdir())) == 2
+    assert not [path for path in (cache / "onnx").iterdir() if path.name.startswith(".")]
+
+
+def test_int8_is_used_where_the_guard_holds(tiny_model_dir, cache):
+    ef = onnx(tiny_model_dir)  # precision="auto"
+    assert ef.precision == "int8"
+    guard = json.loads((ef._onnx().path.parent / "guard.json").read_text())
+    assert guard["int8_min_cosine"] >= onnx_backend.INT8_MIN_COSINE
+    assert ef.describe()["int8_min_cosine"] == guard["int8_min_cosine"]
+    vectors = np.stack(ef(TEXTS))
+    expected = np.stack(torch_fp32(tiny_model_dir)(TEXTS))
+    cosines = np.einsum("ij,ij->i", vectors, expected) / (
+        np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert cosines.min() >= onnx_backend.INT8_MIN_COSINE
+
+
+def test_int8_is_refused_where_the_guard_fails(tmp_path, cache):
+    """A model with outlier weights that int8 blocks cannot hold: explicit int8 is an error
+    naming the measurement; auto falls back to fp32 and matches torch."""
+    from tests.tiny_models import build_tiny_sentence_transformer
+
+    model_dir = build_tiny_sentence_transformer(tmp_path / "outliers", weight_outliers=1.0)
+    with pytest.raises(QualityGuardError, match=r"minimum cosine to fp32 .* is 0\.9\d+, below"):
+        onnx(model_dir, precision="int8").warm_up()
+    ef = onnx(model_dir)
+    assert ef.precision == "fp32"
+    assert ef.describe()["int8_min_cosine"] < onnx_backend.INT8_MIN_COSINE
+    expected = np.stack(torch_fp32(model_dir)(TEXTS))
+    np.testing.assert_allclose(np.stack(ef(TEXTS)), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_default_model_in_int8_keeps_its_quality_beyond_the_guard_corpus(repo_root):
+    """all-MiniLM-L6-v2 passes the guard in int8; on texts the guard never saw (the labelled
+    retrieval set) every vector keeps cosine >= 0.999 to torch fp32."""
+    ef = DefaultEmbeddingFunction(backend="onnx")  # the session's cache: exported once
+    assert ef.precision == "int8"
+    texts = [
+        json.loads(line)["text"]
+        for line in (repo_root / "data" / "retrieval" / "corpus.jsonl").read_text().splitlines()
+    ]
+    texts += [LONG_TEXT * 4]
+    expected = np.stack(DefaultEmbeddingFunction(precision="fp32")(texts))
+    vectors = np.stack(ef(texts))
+    assert np.einsum("ij,ij->i", vectors, expected).min() >= onnx_backend.INT8_MIN_COSINE
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"backend": "tensorrt"}, "backend must be one of"),
+        ({"backend": "onnx", "device": "cuda"}, "runs on the CPU"),
+        ({"backend": "onnx", "precision": "bf16"}, "with backend='onnx', precision"),
+        ({"precision": "int8"}, "precision must be one of"),
+    ],
+)
+def test_bad_backend_arguments_are_config_errors(tiny_model_dir, arguments, message):
+    with pytest.raises(ConfigError, match=message):
+        SentenceTransformerEmbeddingFunction(str(tiny_model_dir), **arguments)
+
+
+def test_config_round_trip_keeps_the_backend(tiny_model_dir, cache):
+    ef = onnx(tiny_model_dir, precision="fp32")
+    ef(["warm"])
+    rebuilt = SentenceTransformerEmbeddingFunction.build_from_config(ef.get_config())
+    assert rebuilt.backend == "onnx"
+    np.testing.assert_array_equal(np.stack(rebuilt(TEXTS)), np.stack(ef(TEXTS)))
+    assert DefaultEmbeddingFunction(backend="onnx").get_config()["backend"] == "onnx"
+
+
+def test_pickled_function_leaves_its_session_behind(tiny_model_dir, cache):
+    import pickle
+
+    ef = onnx(tiny_model_dir, precision="fp32")
+    ef(["warm"])
+    clone = pickle.loads(pickle.dumps(ef))
+    assert clone._onnx_model is None
+    np.testing.assert_array_equal(np.stack(clone(TEXTS)), np.stack(ef(TEXTS)))
