@@ -20,7 +20,8 @@ def test_bench_reports_every_path_side_by_side(tmp_path, local_ray, capsys):
     }
     for path, row in rows.items():
         assert row["docs_per_s"] > 0 and row["tokens_per_s"] > row["docs_per_s"], path
-        assert row["min_cosine_to_fp32"] >= 0.999, path  # every path keeps fp32's quality
+        # torch paths keep fp32's quality; int8 is guarded on its own corpus, not this one
+        assert row["min_cosine_to_fp32"] >= (0.995 if "onnx" in path else 0.999), path
         assert row["padding_waste"] >= 1.0, path
     assert rows["sentence-transformers encode fp32"]["ratio_to_encode"] == 1.0
     assert rows["full job"]["ratio_to_in_process"] > 0

@@ -79,6 +79,10 @@ def test_quickstart_job_matches_in_process_and_reads_back_everywhere(repo_root, 
     texts = [json.loads(line)["text"] for line in (repo_root / "data/sample/docs.jsonl").open()]
     assert result.model_tokens == sum(DefaultEmbeddingFunction().count_tokens(texts))
     assert result.padded_tokens >= result.model_tokens
+    # the time splits into start-up, embedding and finish; steady throughput is the middle
+    embedding = result.seconds - result.startup_seconds - result.finish_seconds
+    assert result.startup_seconds > 0 and result.finish_seconds > 0 and embedding > 0
+    assert result.steady_rows_per_second == pytest.approx(240 / embedding)
 
     table = embedfleet.read(spec.output.uri).to_table()
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:

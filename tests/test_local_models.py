@@ -312,3 +312,51 @@ def test_without_a_token_layout_batches_use_the_models_preprocess(tiny_model_dir
     assert counter.texts >= 2 * len(texts)  # counted, then tokenized again per batch
     reference = ef.model.encode(texts, prompt="passage: ")
     np.testing.assert_allclose(vectors, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_a_real_token_limit_still_embeds(tiny_model_dir):
+    """Tokenizers without a limit report a huge placeholder (1e30): the probe must not try
+    to build a text past it."""
+    ef = tiny(tiny_model_dir, max_seq_length=10**30)
+    texts = ["a short text", "another, somewhat longer text"]
+    np.testing.assert_allclose(np.stack(ef(texts)), ef.model.encode(texts), rtol=1e-5, atol=1e-6)
+
+
+def test_an_on_long_error_leaves_no_token_ids_behind(tiny_model_dir):
+    ef = tiny(tiny_model_dir, on_long="error")
+    with pytest.raises(TextTooLongError):
+        ef(["fine", LONG_TEXT])
+    assert ef._this_call.tokens is None
+
+
+def test_threads_sharing_one_model_get_the_vectors_of_sequential_calls(tiny_model_dir):
+    """The tokenizer is shared and keeps per-call settings: counting (no truncation) and
+    the model's preprocessing (truncation, padding) in other threads must not mix."""
+    ef = tiny(tiny_model_dir, batch_size=3)
+    calls = [
+        [f"{'nebula ' * (1 + (call + index) % 11)}{call}-{index}" for index in range(7)]
+        + ([LONG_TEXT] if call % 3 == 0 else [])
+        for call in range(24)
+    ]
+    expected = [np.stack(ef(texts)) for texts in calls]
+    fresh = [tiny(tiny_model_dir, batch_size=3) for _ in range(4)]  # each probes again
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(fresh))
+
+    def work(worker: int) -> None:
+        barrier.wait()
+        try:
+            for call in range(worker, len(calls), len(fresh)):
+                results[call] = np.stack(fresh[worker](calls[call]))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(len(fresh))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for call, vectors in enumerate(expected):
+        np.testing.assert_allclose(results[call], vectors, rtol=1e-5, atol=1e-6)

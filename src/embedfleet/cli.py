@@ -182,11 +182,15 @@ def _run(arguments: argparse.Namespace) -> int:
                     f"{result.tokens:,} this run (plan estimated {result.estimated_tokens:,})",
                 ),
                 ("est. cost", format_cost(result.estimated_cost)),
-                ("time", f"{result.seconds:.1f} s ({result.startup_seconds:.1f} s start-up)"),
+                (
+                    "time",
+                    f"{result.seconds:.1f} s ({result.startup_seconds:.1f} s start-up, "
+                    f"{result.finish_seconds:.1f} s finish)",
+                ),
                 (
                     "rows/s",
                     f"{result.rows_per_second:.1f} "
-                    f"({result.steady_rows_per_second:.1f} after start-up)",
+                    f"({result.steady_rows_per_second:.1f} between start-up and finish)",
                 ),
             ]
         )

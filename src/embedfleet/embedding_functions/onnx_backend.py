@@ -4,10 +4,12 @@
 (transformer, pooling, normalization) is exported with torch's own exporter
 (no ``optimum``) to the cache directory (``$EMBEDFLEET_CACHE_DIR``, else
 ``~/.cache/embedfleet``) under a key made of the weights, the model's modules
-and the library versions, so a changed model never reuses a stale export and
-replicas on one machine export once. Files are written to a temporary
-directory and renamed into place: a crash or a concurrent export never leaves
-half a model behind.
+and the library versions, so a changed model never reuses a stale export. One
+process exports a key at a time (a lock file), so replicas starting together on
+one machine export once. Files are written to a temporary directory and
+renamed into place: a crash never leaves half a model behind. The fp32 export
+must reproduce torch fp32 on the guard corpus (relative error per vector at most
+:data:`FP32_MAX_RELATIVE_ERROR`), or the backend is refused for that model.
 
 Precision: ``fp32`` runs the exported model as is (it matches torch fp32 within
 1e-6). ``int8`` stores the MatMul weights as int8 in blocks of 32 with int8
@@ -29,8 +31,10 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +42,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedfleet.errors import ConfigError, MissingDependencyError, QualityGuardError
+from embedfleet.embedding_functions.token_batches import tokenizer_lock
+from embedfleet.errors import ConfigError, MissingDependencyError, ModelError, QualityGuardError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
 
 ONNX_INSTALL_HINT = 'pip install "embedfleet[onnx]"'
 ONNX_PRECISIONS = ("auto", "fp32", "int8")
 #: int8 is used only if every guard-corpus vector keeps this cosine to fp32.
 INT8_MIN_COSINE = 0.999
+#: The fp32 export must reproduce torch fp32 this closely (per vector, relative).
+FP32_MAX_RELATIVE_ERROR = 1e-4
 #: Bump when the export or quantization recipe changes: old exports are then ignored.
 EXPORT_FORMAT = 2
 OPSET = 17
@@ -163,30 +172,51 @@ def export_key(model: SentenceTransformer, input_names: tuple[str, ...]) -> str:
 
 
 def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
-    """The cache directory holding the fp32 export, the int8 model and the guard's result."""
-    directory = cache_dir() / "onnx" / export_key(model, input_names)
+    """The cache directory holding the fp32 export, the int8 model and the guard's result.
+
+    One process exports a given key at a time (a lock file beside it); the others wait
+    and then find the finished directory."""
+    key = export_key(model, input_names)
+    root = cache_dir() / "onnx"
+    directory = root / key
     if (directory / "guard.json").is_file():
         return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
-    try:
-        _export(model, input_names, staging / "model.onnx")
-        _quantize(staging / "model.onnx", staging / "model.int8.onnx")
-        int8_min_cosine = _measure(model, staging)
-        guard = {
-            "int8_min_cosine": int8_min_cosine,
-            "floor": INT8_MIN_COSINE,
-            "corpus_texts": len(guard_corpus()),
-        }
-        (staging / "guard.json").write_text(json.dumps(guard, indent=2) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".{key}.lock"):
+        if (directory / "guard.json").is_file():  # exported while this process waited
+            return directory
+        for stale in root.glob(f".export-{key}-*"):  # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        started = time.perf_counter()
+        staging = Path(tempfile.mkdtemp(prefix=f".export-{key}-", dir=root))
         try:
+            _export(model, input_names, staging / "model.onnx")
+            _quantize(staging / "model.onnx", staging / "model.int8.onnx")
+            guard = {**_measure(model, staging), "floor": INT8_MIN_COSINE}
+            guard["corpus_texts"] = len(guard_corpus())
+            (staging / "guard.json").write_text(json.dumps(guard, indent=2) + "\n")
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users
             staging.rename(directory)
-        except OSError:  # another process finished the same export first
-            if not (directory / "guard.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported the model to %s in %.1f s", directory, time.perf_counter() - started)
     return directory
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on this machine (POSIX ``flock``)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; a concurrent export is wasted work, not harm
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _export(model: SentenceTransformer, input_names: tuple[str, ...], path: Path) -> None:
@@ -211,7 +241,8 @@ def _export(model: SentenceTransformer, input_names: tuple[str, ...], path: Path
             features = dict(zip(input_names, inputs, strict=True))
             return self.model(features)[OUTPUT]
 
-    example = copy.preprocess(["an example text to trace", "another"])
+    with tokenizer_lock(copy.tokenizer):
+        example = copy.preprocess(["an example text to trace", "another"])
     arguments = tuple(example[name] for name in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -266,20 +297,36 @@ def guard_corpus() -> list[str]:
     ]
 
 
-def _measure(model: SentenceTransformer, directory: Path) -> float:
-    """Minimum cosine between int8 and fp32 vectors over the guard corpus."""
+def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
+    """Over the guard corpus: the fp32 export's largest relative error to torch fp32 (it
+    must reproduce torch, or the export is refused) and int8's minimum cosine to fp32."""
+    import torch
+
     ort = require_onnx()
     texts = sorted(guard_corpus(), key=len)
     fp32 = _session(ort, directory / "model.onnx", None)
     int8 = _session(ort, directory / "model.int8.onnx", None)
-    lowest = 1.0
+    lowest, error = 1.0, 0.0
     for start in range(0, len(texts), 16):
-        features = model.preprocess(texts[start : start + 16])
+        with tokenizer_lock(model.tokenizer):
+            features = model.preprocess(texts[start : start + 16])
         feed = {node.name: _as_numpy(features[node.name]) for node in fp32.get_inputs()}
         reference = fp32.run([OUTPUT], feed)[0]
-        quantized = int8.run([OUTPUT], feed)[0]
-        lowest = min(lowest, float(_cosines(reference, quantized).min()))
-    return lowest
+        with torch.inference_mode():
+            expected = model(features)[OUTPUT].float().cpu().numpy()
+        error = max(error, float(_relative_errors(reference, expected).max()))
+        lowest = min(lowest, float(_cosines(reference, int8.run([OUTPUT], feed)[0]).min()))
+    if error > FP32_MAX_RELATIVE_ERROR:
+        raise ModelError(
+            f"the ONNX export of this model does not reproduce it: a vector differs from torch "
+            f"fp32 by {error:.2e} (relative) on the guard corpus, over "
+            f"{FP32_MAX_RELATIVE_ERROR:.0e}; use backend='torch' for this model"
+        )
+    return {"int8_min_cosine": lowest, "fp32_max_relative_error": error}
+
+
+def _relative_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ from embedfleet.embedding_functions.token_batches import (
     pad_batch,
     token_layout,
     tokenize,
+    tokenizer_lock,
 )
 from embedfleet.errors import ConfigError
 
@@ -58,6 +59,9 @@ _RESERVED_MODEL_KWARGS = ("dtype", "torch_dtype", "device_map")
 #: Padded tokens per batch (texts x longest): measured best on a 2-core CPU with
 #: all-MiniLM-L6-v2 (docs/benchmarks.md); raise it on a GPU.
 DEFAULT_MAX_BATCH_TOKENS = 4096
+#: Token limits up to this are checked with a probe text past them (larger ones, up to a
+#: tokenizer's "no limit" placeholder, would make the probe huge).
+MAX_PROBED_LIMIT = 16384
 BACKENDS = ("torch", "onnx")
 
 
@@ -272,7 +276,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         inputs = tuple(
             name
             for name in ("input_ids", "attention_mask", "token_type_ids")
-            if name in model.preprocess(["x"])
+            if name in self._preprocess(["x"], None)
         )
         self._onnx_model = load_onnx_model(model, inputs, self.requested_precision, self._threads)
         return self._onnx_model
@@ -321,7 +325,11 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         ids become the batches' inputs (see :meth:`_embed_batches`)."""
         ids = tokenize(self.model.tokenizer, texts, self._prompt_text(query=query))
         self._this_call.tokens = _CallTokens(texts, query, ids)
-        return super()._lengths(texts, first_seen, query=query)
+        try:
+            return super()._lengths(texts, first_seen, query=query)
+        except BaseException:  # on_long="error": the call ends here; keep no ids
+            self._this_call.tokens = None
+            raise
 
     def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
         """Build each batch's inputs from the ids tokenized once for the call (or, where
@@ -359,7 +367,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         prompt = prefix or None
         checked = self._checked_token_path(prompt)
         if checked is None:  # the model's own preprocessing, tokenizing again
-            return lambda batch: model.preprocess(batch, prompt=prompt)
+            return lambda batch: self._preprocess(batch, prompt)
         layout, extras = checked
         limit = model.max_seq_length
         index = {text: row for row, text in enumerate(tokens.texts)} if tokens else {}
@@ -390,9 +398,11 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         layout = token_layout(model.tokenizer)
         if layout is None:
             return None
-        limit = model.max_seq_length or 512
-        probe = ["a", "Probe text, with punctuation: 42!", "probe " * (limit + 8)]
-        expected = model.preprocess(probe, prompt=prompt)
+        limit = model.max_seq_length
+        probe = ["a", "Probe text, with punctuation: 42!"]
+        if limit is not None and limit <= MAX_PROBED_LIMIT:  # and one text past the limit
+            probe.append("probe " * (limit + 8))
+        expected = self._preprocess(probe, prompt)
         fresh = tokenize(model.tokenizer, probe, prompt or "")
         built = pad_batch(layout, [fresh.row(row) for row in range(len(probe))], limit)
         arrays = {key: value for key, value in expected.items() if hasattr(value, "shape")}
@@ -401,6 +411,13 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         ):
             return None
         return layout, {key: value for key, value in expected.items() if key not in arrays}
+
+    def _preprocess(self, texts: Documents, prompt: str | None) -> dict[str, Any]:
+        """The model's own preprocessing, holding the tokenizer's lock (see
+        :func:`~embedfleet.embedding_functions.token_batches.tokenizer_lock`)."""
+        model = self.model
+        with tokenizer_lock(model.tokenizer):
+            return model.preprocess(texts, prompt=prompt)
 
     def _forward(self, features: dict[str, Any]) -> np.ndarray:
         model = self.model

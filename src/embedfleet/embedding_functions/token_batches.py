@@ -16,6 +16,8 @@ before trusting it (see ``SentenceTransformerEmbeddingFunction``).
 from __future__ import annotations
 
 import itertools
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +47,9 @@ def token_layout(tokenizer: Any) -> TokenLayout | None:
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         return None
-    framed = list(tokenizer(_PROBE)["input_ids"])
-    bare = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+    with tokenizer_lock(tokenizer):
+        framed = list(tokenizer(_PROBE)["input_ids"])
+        bare = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
     for start in range(len(framed) - len(bare) + 1):
         if bare and framed[start : start + len(bare)] == bare:
             return TokenLayout(
@@ -87,18 +90,35 @@ class TokenIds:
         return self.flat[self.offsets[index] : self.offsets[index + 1]]
 
 
+_tokenizer_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
+
+
+def tokenizer_lock(tokenizer: Any) -> threading.Lock:
+    """One lock per tokenizer object. A Hugging Face fast tokenizer sets its truncation and
+    padding on the shared Rust tokenizer for each call, so two threads calling it with
+    different settings (counting without truncation, ``preprocess`` with it) can get each
+    other's settings; every call made here holds this lock."""
+    with _locks_lock:
+        lock = _tokenizer_locks.get(tokenizer)
+        if lock is None:
+            lock = _tokenizer_locks[tokenizer] = threading.Lock()
+        return lock
+
+
 def tokenize(tokenizer: Any, texts: Sequence[str], prefix: str = "") -> TokenIds:
     """Every text's ids (``prefix`` prepended, special tokens added, nothing cut)."""
     parts = []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
         chunk = [prefix + text for text in texts[start : start + TOKENIZE_CHUNK]]
-        encoded = tokenizer(
-            chunk,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
+        with tokenizer_lock(tokenizer):
+            encoded = tokenizer(
+                chunk,
+                truncation=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
         parts.append(TokenIds(encoded["input_ids"]))
     return parts[0] if len(parts) == 1 else TokenIds.concatenate(parts)
 

@@ -127,6 +127,7 @@ class JobResult:
     shards_remaining: int = 0  # planned shards without a commit: a re-run resumes them
     seconds: float = 0.0
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
+    finish_seconds: float = 0.0  # after the last shard: fleet stop, checks, manifest, prune
     placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
 
     @property
@@ -135,8 +136,9 @@ class JobResult:
 
     @property
     def steady_rows_per_second(self) -> float:
-        """Throughput once the fleet was up: what a larger job approaches."""
-        working = self.seconds - self.startup_seconds
+        """Throughput between start-up and finish (fixed costs per run, reported apart):
+        what a larger job approaches."""
+        working = self.seconds - self.startup_seconds - self.finish_seconds
         return self.embedded / working if working > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,8 +382,9 @@ class Job:
         base = None
         if plan.base is not None:
             base = incremental.build_index(self.output.snapshot(plan.base))
+        embedded_at = time.perf_counter()
         if todo:
-            self._embed_shards(
+            embedded_at = self._embed_shards(
                 todo, snapshot, metadata, result, progress, on_shard, signals, started, limit, base
             )
         if stop.is_set():
@@ -431,6 +434,7 @@ class Job:
             )
             result.complete = True
             sink.prune(self.output, self.spec.output.keep_snapshots)
+        result.finish_seconds = time.perf_counter() - embedded_at
         return result
 
     def _embed_shards(
@@ -445,7 +449,7 @@ class Job:
         started: float,
         limit: int | None,
         base: incremental.BaseIndex | None,
-    ) -> None:
+    ) -> float:
         import ray
 
         from embedfleet.fleet import RemoteEmbeddingFunction
@@ -526,6 +530,7 @@ class Job:
                     _advance(bar, marker["rows"], result, done_count, len(todo))
                     if on_shard is not None:
                         on_shard(marker)
+            return time.perf_counter()  # the last shard is in; what follows is the finish
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
