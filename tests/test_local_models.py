@@ -266,7 +266,13 @@ def test_pipelined_batches_match_encode_one_text_at_a_time(tiny_model_dir, make)
     ef = make(tiny_model_dir)
     texts = [" ".join(["comet"] * (1 + index % 7)) + f" {index}" for index in range(20)]
     batched = np.stack(ef(texts))  # several batches: built ahead on a helper thread
-    single = np.stack([ef.embed_batch([text])[0] for text in texts])  # model.encode
+    prompt = ef._prompt_text(query=False) or None
+    single = np.stack(
+        [
+            ef.model.encode([text], prompt=prompt, normalize_embeddings=ef.normalize_embeddings)[0]
+            for text in texts
+        ]
+    )  # sentence-transformers' own encode, one text at a time
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -80,6 +81,7 @@ def test_export_is_cached_under_a_key_of_the_weights(tiny_model_dir, tmp_path, c
     with monkeypatch.context() as patch:
         patch.setattr(onnx_backend, "_export", no_second_export)
         patch.setattr(onnx_backend, "_models", {})  # as in a new process: only the files
+        patch.setattr(onnx_backend, "_keys", weakref.WeakKeyDictionary())
         onnx(tiny_model_dir, precision="fp32").warm_up()
 
     other = build_tiny_sentence_transformer(tmp_path / "other", seed=1)  # other weights
@@ -210,3 +212,13 @@ def test_pickled_function_leaves_its_session_behind(tiny_model_dir, cache):
     clone = pickle.loads(pickle.dumps(ef))
     assert clone._onnx_model is None
     np.testing.assert_array_equal(np.stack(clone(TEXTS)), np.stack(ef(TEXTS)))
+
+
+def test_a_replicas_threads_become_the_sessions_threads(tiny_model_dir, cache):
+    ef = onnx(tiny_model_dir, precision="fp32")
+    before = np.stack(ef(TEXTS))
+    ef.set_num_threads(1)  # what a fleet replica with num_cpus=1 does before warm_up
+    session = ef._onnx()
+    assert session.threads == 1
+    assert session.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(np.stack(ef(TEXTS)), before, rtol=1e-5, atol=1e-6)

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from copy import deepcopy
@@ -71,6 +72,7 @@ class OnnxModel:
     precision: str  # "fp32" or "int8"
     int8_min_cosine: float | None  # the guard's measurement, None when not taken
     path: Path
+    threads: int | None  # the session's intra-op threads (None: ORT's default, all cores)
 
     def run(self, features: dict[str, Any]) -> np.ndarray:
         """Vectors for one batch of model inputs (numpy or torch int64 arrays)."""
@@ -103,7 +105,8 @@ def cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------- process cache
-_models: dict[tuple[str, str, int | None], OnnxModel] = {}
+_models: dict[tuple[str, str], OnnxModel] = {}  # (export, precision): the latest session
+_keys: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> export key
 _lock = threading.Lock()
 
 
@@ -111,18 +114,22 @@ def load_onnx_model(
     model: SentenceTransformer, input_names: tuple[str, ...], precision: str, threads: int | None
 ) -> OnnxModel:
     """The ORT model for ``model`` at ``precision`` ("auto", "fp32" or "int8"), exporting
-    (and quantizing, and measuring) on first use; one session per process and setting."""
+    (and quantizing, and measuring) on first use. One session per export and precision in
+    a process; asking for other threads replaces it (a function keeps the one it holds)."""
     check_onnx_precision(precision)
     ort = require_onnx()
     with _lock:  # export and guard at most once per process; sessions are cheap to share
         directory = exported(model, input_names)
         guard = json.loads((directory / "guard.json").read_text())
         resolved = _resolve(precision, guard)
-        key = (str(directory), resolved, threads)
-        if key not in _models:
+        key = (str(directory), resolved)
+        current = _models.get(key)
+        if current is None or current.threads != threads:
             path = directory / ("model.int8.onnx" if resolved == "int8" else "model.onnx")
             session = _session(ort, path, threads)
-            _models[key] = OnnxModel(session, input_names, resolved, guard["int8_min_cosine"], path)
+            _models[key] = OnnxModel(
+                session, input_names, resolved, guard["int8_min_cosine"], path, threads
+            )
         return _models[key]
 
 
@@ -176,7 +183,9 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
 
     One process exports a given key at a time (a lock file beside it); the others wait
     and then find the finished directory."""
-    key = export_key(model, input_names)
+    key = _keys.get(model)
+    if key is None:  # hashing the weights once per loaded model
+        key = _keys[model] = export_key(model, input_names)
     root = cache_dir() / "onnx"
     directory = root / key
     if (directory / "guard.json").is_file():

@@ -446,16 +446,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             return vectors.float().cpu().numpy()
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
-        if self.backend == "onnx":
-            return self._forward(self._batch_features(query, None)(texts))
-        return self.model.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=self.normalize_embeddings,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-            **self._prompt(query=query),
-        )
+        """One batch through the same steps as a call's batches (tokenizer lock included)."""
+        return self._forward(self._batch_features(query, None)(texts))
 
 
 @register("default")
