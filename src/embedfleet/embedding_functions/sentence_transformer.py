@@ -69,6 +69,11 @@ BACKENDS = ("torch", "onnx")
 _TokenPath = tuple[TokenLayout, dict[str, Any]]
 
 
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
 def check_backend(backend: str, device: str, precision: str) -> None:
     """``torch`` takes any device and fp32/fp16/bf16; ``onnx`` runs on CPU, fp32 or int8."""
     if backend not in BACKENDS:
@@ -420,30 +425,34 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             return model.preprocess(texts, prompt=prompt)
 
     def _forward(self, features: dict[str, Any]) -> np.ndarray:
+        """One batch through the model, then, in float32: the model's own normalization
+        redone (in bf16/fp16 it leaves norms up to 0.4% off 1), truncation to
+        ``truncate_dim`` and ``normalize_embeddings``, as ``encode`` orders them."""
         model = self.model
         if self.backend == "onnx":
             vectors = self._onnx().run(features)
-            if model.truncate_dim is not None:
-                vectors = vectors[:, : model.truncate_dim]
-            if self.normalize_embeddings:
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                vectors = vectors / np.maximum(norms, 1e-12)
-            return vectors
+        else:
+            vectors = self._forward_torch(features)
+        if type(model[-1]).__name__ == "Normalize":
+            vectors = _unit_rows(vectors)
+        if model.truncate_dim is not None:
+            vectors = vectors[:, : model.truncate_dim]
+        if self.normalize_embeddings:
+            vectors = _unit_rows(vectors)
+        return vectors
+
+    def _forward_torch(self, features: dict[str, Any]) -> np.ndarray:
         import torch
         from sentence_transformers.util import batch_to_device
 
-        features = {
+        model = self.model
+        tensors = {
             key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
             for key, value in features.items()
         }
         with torch.inference_mode():
-            output = model(batch_to_device(features, model.device))
-            vectors = output["sentence_embedding"]
-            if model.truncate_dim is not None:
-                vectors = vectors[:, : model.truncate_dim]
-            if self.normalize_embeddings:
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            return vectors.float().cpu().numpy()
+            output = model(batch_to_device(tensors, model.device))
+            return output["sentence_embedding"].float().cpu().numpy()
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
         """One batch through the same steps as a call's batches (tokenizer lock included)."""
