@@ -342,12 +342,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         helper thread while the model runs the previous batch (numpy, the tokenizer and
         torch release the GIL); then the same steps as ``encode``: forward, normalize,
         to CPU float32."""
-        model = self.model
         tokens = getattr(self._this_call, "tokens", None)
         self._this_call.tokens = None
-        if not callable(getattr(model, "preprocess", None)):
-            yield from super()._embed_batches(batches, query=query)
-            return
         features = self._batch_features(query, tokens if tokens and tokens.query == query else None)
         if len(batches) == 1:
             yield self._forward(features(batches[0]))
