@@ -378,9 +378,7 @@ def test_normalized_vectors_have_unit_length_in_every_precision(tmp_path, precis
     model_dir = build_tiny_sentence_transformer(
         tmp_path / "model", normalize=where == "normalize_module"
     )
-    ef = tiny(
-        model_dir, precision=precision, normalize_embeddings=where == "normalize_embeddings"
-    )
+    ef = tiny(model_dir, precision=precision, normalize_embeddings=where == "normalize_embeddings")
     texts = [f"{'galaxy ' * (1 + index % 13)}{index}" for index in range(40)]
     norms = np.linalg.norm(np.stack(ef(texts)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-6)

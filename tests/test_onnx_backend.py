@@ -222,3 +222,29 @@ def test_a_replicas_threads_become_the_sessions_threads(tiny_model_dir, cache):
     assert session.threads == 1
     assert session.session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(np.stack(ef(TEXTS)), before, rtol=1e-5, atol=1e-6)
+
+
+def test_a_job_runs_on_the_onnx_backend_and_records_it(repo_root, tmp_path, local_ray):
+    from embedfleet.job import Job, JobSpec
+
+    spec = JobSpec.from_toml(repo_root / "jobs/quickstart.toml")
+    spec.output.uri = str(tmp_path / "out")
+    spec.embedding.config.update({"backend": "onnx", "precision": "fp32"})
+    spec.fleet.replicas = 1
+    result = Job(spec).run(progress=False)
+    assert result.complete and result.embedded == 240
+
+    import embedfleet
+
+    table = embedfleet.read(spec.output.uri).to_table()
+    metadata = json.loads(table.schema.metadata[b"embedfleet"])
+    assert metadata["backend"] == "onnx" and metadata["precision"] == "fp32"
+    assert metadata["config"]["backend"] == "onnx"
+    assert metadata["int8_min_cosine"] is not None
+    rows = [json.loads(line) for line in (repo_root / "data/sample/docs.jsonl").open()]
+    expected = DefaultEmbeddingFunction(backend="onnx", precision="fp32")(
+        [row["text"] for row in rows]
+    )
+    got = dict(zip(table["id"].to_pylist(), table["embedding"].to_pylist(), strict=True))
+    for row, vector in zip(rows, expected, strict=True):
+        np.testing.assert_allclose(got[row["id"]], vector, atol=1e-5)
