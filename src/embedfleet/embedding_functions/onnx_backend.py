@@ -191,10 +191,10 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
     if (directory / "guard.json").is_file():
         return directory
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{key}.lock"):
+    with _file_lock(root / f".{key}.lock") as locked:
         if (directory / "guard.json").is_file():  # exported while this process waited
             return directory
-        for stale in root.glob(f".export-{key}-*"):  # left by an export that was killed
+        for stale in root.glob(f".export-{key}-*") if locked else ():  # from a killed export
             shutil.rmtree(stale, ignore_errors=True)
         started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=f".export-{key}-", dir=root))
@@ -205,7 +205,11 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
             guard["corpus_texts"] = len(guard_corpus())
             (staging / "guard.json").write_text(json.dumps(guard, indent=2) + "\n")
             staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users
-            staging.rename(directory)
+            try:
+                staging.rename(directory)
+            except OSError:  # unlocked (Windows): another process renamed its export first
+                if not (directory / "guard.json").is_file():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported the model to %s in %.1f s", directory, time.perf_counter() - started)
@@ -213,17 +217,19 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes on this machine (POSIX ``flock``)."""
+def _file_lock(path: Path) -> Iterator[bool]:
+    """An exclusive lock between processes on this machine (POSIX ``flock``); yields
+    whether it is held. Without ``fcntl`` (Windows) there is none: concurrent exports
+    each finish in their own staging directory and the first rename wins."""
     try:
         import fcntl
-    except ImportError:  # Windows: no lock; a concurrent export is wasted work, not harm
-        yield
+    except ImportError:
+        yield False
         return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
