@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from embedfleet.cli import EXIT_OK, main
+from embedfleet.cli import EXIT_OK, EXIT_USAGE, main
 
 
 def test_bench_reports_every_path_side_by_side(tmp_path, local_ray, capsys):
@@ -25,5 +25,16 @@ def test_bench_reports_every_path_side_by_side(tmp_path, local_ray, capsys):
         assert row["padding_waste"] >= 1.0, path
     assert rows["sentence-transformers encode fp32"]["ratio_to_encode"] == 1.0
     assert rows["full job"]["ratio_to_in_process"] > 0
+    assert rows["full job"]["path"] == "full job (1 replicas x 1 CPU)"
+    assert [entry["torch_threads"] for entry in rows["full job"]["placement"]] == [1]
     printed = capsys.readouterr().out
     assert "corpus: 60 documents" in printed and "full job / in-process" in printed
+    assert "device: cpu; attention: sdpa" in printed
+
+
+def test_bench_on_a_gpu_where_none_is_visible_is_a_clear_error(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # on a GPU machine too
+    assert main(["bench", "--device", "cuda", "--docs", "10"]) == EXIT_USAGE
+    assert "no CUDA GPU is visible" in capsys.readouterr().err

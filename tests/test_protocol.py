@@ -89,11 +89,12 @@ def test_identical_texts_in_one_call_are_embedded_once():
     assert ef.stats.documents == 4 and ef.stats.embedded == 2
 
 
-def test_batches_are_sorted_by_length_and_results_restored_to_input_order():
+def test_batches_are_sorted_by_length_run_longest_first_and_restored_to_input_order():
     ef = RecordingFunction(batch_size=2)
     texts = ["ccc", "a", "eeeee", "bb", "dddd"]
     vectors = ef(texts)
-    assert ef.batches == [["a", "bb"], ["ccc", "dddd"], ["eeeee"]]
+    # cut from the shortest, run from the longest: memory peaks with the first batch
+    assert ef.batches == [["eeeee"], ["ccc", "dddd"], ["a", "bb"]]
     assert [vector[0] for vector in vectors] == [3.0, 1.0, 5.0, 2.0, 4.0]
 
 

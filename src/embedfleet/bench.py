@@ -69,14 +69,32 @@ def corpus(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(length)) for length in lengths]
 
 
-def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[dict[str, Any]]:
+def run_benchmark(
+    docs: int,
+    *,
+    replicas: int | None = None,
+    num_cpus: float = 1,
+    device: str = "auto",
+    num_gpus: float | None = None,
+) -> list[dict[str, Any]]:
+    """Every path on one generated corpus of ``docs`` documents, on ``device`` ("auto":
+    the GPU where one is visible). On a GPU the baseline ``encode`` runs there in fp32,
+    and the job's ``replicas`` (default: one per visible GPU) take ``num_gpus`` each
+    (default 1): Ray pins each to its own device."""
     from sentence_transformers import SentenceTransformer
 
     from embedfleet.embedding_functions import DefaultEmbeddingFunction
+    from embedfleet.embedding_functions.local_models import attention_implementation
     from embedfleet.job import Job, JobSpec
 
+    device = _bench_device(device)
+    gpu = device.startswith("cuda")
+    if replicas is None:
+        replicas = _gpu_count() if gpu else 2
+    if num_gpus is None:
+        num_gpus = 1.0 if gpu else 0.0
     texts = corpus(docs)
-    ef = DefaultEmbeddingFunction()
+    ef = DefaultEmbeddingFunction(device=device)
     source = str(ef.source.source)
     counts = ef.count_tokens(texts)
     limit = ef.max_tokens() or max(counts)
@@ -84,7 +102,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
     rows: list[dict[str, Any]] = []
 
     start = time.perf_counter()
-    baseline = SentenceTransformer(source, device="cpu")
+    baseline = SentenceTransformer(source, device=device)
     baseline.encode(texts[:32])
     cold = time.perf_counter() - start
     reference: list[Any] = []
@@ -94,18 +112,19 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
         docs,
         tokens,
         lambda: reference.append(baseline.encode(texts, batch_size=32, normalize_embeddings=True)),
+        device,
     )
     row["padding_waste"] = _fixed_batch_padding(texts, [min(c, limit) for c in counts], 32)
     row["min_cosine_to_fp32"] = 1.0
     rows.append(row)
     fp32 = np.asarray(reference[0])
 
-    rows.append(_function_row("embedfleet in-process", ef, texts, tokens, fp32))
-    onnx = _onnx_default()
+    rows.append(_function_row("embedfleet in-process", ef, texts, tokens, fp32, device))
+    onnx = _onnx_default() if not gpu else None
     if onnx is not None:
-        rows.append(_function_row("embedfleet in-process onnx", onnx, texts, tokens, fp32))
+        rows.append(_function_row("embedfleet in-process onnx", onnx, texts, tokens, fp32, device))
 
-    chroma = _chroma_default()
+    chroma = _chroma_default() if not gpu else None
     if chroma is not None:
         start = time.perf_counter()
         chroma(texts[:32])
@@ -117,6 +136,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
             docs,
             tokens,
             lambda: outputs.append(np.asarray(chroma(texts))),
+            device,
         )
         row["min_cosine_to_fp32"] = _min_cosine(outputs[0], fp32)
         rows.append(row)
@@ -128,7 +148,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
             {
                 "source": {"uri": str(data)},
                 "embedding": {"provider": "default"},
-                "fleet": {"replicas": replicas, "num_cpus": num_cpus},
+                "fleet": {"replicas": replicas, "num_cpus": num_cpus, "num_gpus": num_gpus},
                 "output": {"uri": f"{folder}/out", "rows_per_shard": max(500, docs // 8)},
             }
         )
@@ -139,7 +159,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
         job_vectors = np.asarray([by_row[id_] for id_ in _job_ids(data)])
         rows.append(
             {
-                "path": f"full job ({replicas} replicas x {num_cpus:g} CPU)",
+                "path": f"full job ({replicas} replicas x {_share(num_cpus, num_gpus)})",
                 "cold_start_s": result.startup_seconds,
                 "finish_s": result.finish_seconds,
                 "docs_per_s": result.steady_rows_per_second,
@@ -148,6 +168,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
                 "padding_waste": result.padded_tokens / max(1, result.model_tokens),
                 "peak_memory_mb": memory.peak_mb,
                 "memory_scope": "whole machine (driver + Ray + replicas)",
+                "placement": result.placement,
             }
         )
 
@@ -157,6 +178,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
     job_row, in_process = rows[-1], rows[1]
     job_row["ratio_to_in_process"] = job_row["docs_per_s"] / in_process["docs_per_s"]
     print(f"corpus: {docs} documents, {tokens} tokens ({tokens / docs:.1f} per document)")
+    print(f"device: {_device_name(device)}; attention: {attention_implementation(ef.model)}")
     print(
         f"{'path':<40}{'cold s':>8}{'docs/s':>10}{'tokens/s':>11}{'x encode':>10}"
         f"{'min cos':>9}{'padding':>9}{'peak MB':>9}"
@@ -174,6 +196,9 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
         f"(job start-up {job_row['cold_start_s']:.1f} s and finish {job_row['finish_s']:.1f} s "
         "not counted)"
     )
+    if gpu:
+        pinned = [entry.get("cuda_visible_devices") for entry in job_row["placement"]]
+        print(f"job replicas' CUDA_VISIBLE_DEVICES: {pinned}")
     if onnx is None:
         print('ONNX Runtime backend: not measured (pip install "embedfleet[onnx]")')
     if chroma is None:
@@ -182,7 +207,7 @@ def run_benchmark(docs: int, *, replicas: int = 2, num_cpus: float = 1) -> list[
 
 
 def _function_row(
-    label: str, ef: Any, texts: list[str], tokens: int, fp32: np.ndarray
+    label: str, ef: Any, texts: list[str], tokens: int, fp32: np.ndarray, device: str
 ) -> dict[str, Any]:
     """One embedfleet function: cold start (first batch), then a timed pass over ``texts``."""
     start = time.perf_counter()
@@ -196,18 +221,29 @@ def _function_row(
         len(texts),
         tokens,
         lambda: produced.append(np.stack(ef(texts))),
+        device,
     )
     row["padding_waste"] = ef.stats.padding_waste
     row["min_cosine_to_fp32"] = _min_cosine(produced[0], fp32)
     return row
 
 
-def _timed(path: str, cold: float, docs: int, tokens: int, work: Any) -> dict[str, Any]:
+def _timed(
+    path: str, cold: float, docs: int, tokens: int, work: Any, device: str
+) -> dict[str, Any]:
+    gpu = device.startswith("cuda")
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with _PeakMemory() as memory:
         start = time.perf_counter()
         work()
+        if gpu:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return {
+    row = {
         "path": path,
         "cold_start_s": cold,
         "docs_per_s": docs / seconds,
@@ -215,6 +251,39 @@ def _timed(path: str, cold: float, docs: int, tokens: int, work: Any) -> dict[st
         "peak_memory_mb": memory.peak_mb,
         "memory_scope": "this process, above its size before the pass",
     }
+    if gpu:
+        row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return row
+
+
+def _bench_device(device: str) -> str:
+    """``device`` resolved; a GPU asked for where none is visible is a clear error."""
+    from embedfleet.embedding_functions.local_models import resolve_device
+    from embedfleet.errors import ConfigError
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda") and _gpu_count() == 0:
+        raise ConfigError(f"bench device {device!r}: no CUDA GPU is visible to torch here")
+    return resolved
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _device_name(device: str) -> str:
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+def _share(num_cpus: float, num_gpus: float) -> str:
+    """A replica's reservation, as the job row names it: "1 CPU", "1 GPU"."""
+    return f"{num_gpus:g} GPU" if num_gpus else f"{num_cpus:g} CPU"
 
 
 def _fixed_batch_padding(texts: list[str], counts: list[int], batch_size: int) -> float:

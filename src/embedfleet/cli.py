@@ -107,8 +107,19 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="throughput: encode vs in-process vs a full job")
     bench.add_argument("--docs", type=int, default=10_000, help="documents in the corpus")
-    bench.add_argument("--replicas", type=int, default=2)
-    bench.add_argument("--num-cpus", type=float, default=1)
+    bench.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where every path runs (auto: the GPU where one is visible)",
+    )
+    bench.add_argument(
+        "--replicas", type=int, help="the job's replicas (default: 2 on CPU, one per GPU)"
+    )
+    bench.add_argument("--num-cpus", type=float, default=1, help="CPUs per job replica")
+    bench.add_argument(
+        "--num-gpus", type=float, help="GPUs per job replica (default: 1 on a GPU, else 0)"
+    )
     bench.add_argument("--report", metavar="PATH", help="write the results as JSON")
     bench.set_defaults(handler=_bench)
     return parser
@@ -275,7 +286,11 @@ def _bench(arguments: argparse.Namespace) -> int:
     from embedfleet.bench import run_benchmark
 
     results = run_benchmark(
-        arguments.docs, replicas=arguments.replicas, num_cpus=arguments.num_cpus
+        arguments.docs,
+        replicas=arguments.replicas,
+        num_cpus=arguments.num_cpus,
+        device=arguments.device,
+        num_gpus=arguments.num_gpus,
     )
     if arguments.report:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:

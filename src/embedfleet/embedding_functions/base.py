@@ -8,8 +8,8 @@ here so that every provider behaves the same:
   nested lists raise :class:`~embedfleet.errors.InvalidInputError` naming the
   index; an empty list returns ``[]`` without touching the model);
 * identical texts within one call are embedded once;
-* texts are sorted by length before batching, so padding stays small, and the
-  vectors are put back in input order;
+* texts are sorted by length before batching, so padding stays small, the
+  batches run longest first, and the vectors are put back in input order;
 * output validation: a wrong count, a changing dimension or a non-finite value
   raises :class:`~embedfleet.errors.EmbeddingOutputError`, never a ``None``;
 * ``get_config()`` / ``build_from_config()`` round-trip through the
@@ -266,7 +266,11 @@ class EmbeddingFunction(ABC):
         lengths = self._lengths(unique_texts, first_seen, query=query)
         order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
         vectors: list[Embedding | None] = [None] * len(unique_texts)
-        batch_indices = self._cut_batches(order, lengths)
+        # Cut shortest first, run longest first: memory peaks with the first batch and
+        # later batches reuse it (the allocator keeps what was freed; shortest first
+        # retained twice as much), a batch too big for the device fails before the rest
+        # of the work is done, and a fleet's replicas end on short batches together.
+        batch_indices = self._cut_batches(order, lengths)[::-1]
         batches = [[unique_texts[index] for index in indices] for indices in batch_indices]
         for indices, output in zip(
             batch_indices, self._embed_batches(batches, query=query), strict=True

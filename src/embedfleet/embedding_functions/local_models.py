@@ -104,6 +104,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def attention_implementation(model: Any) -> str | None:
+    """The attention kernel a loaded sentence-transformers model runs ("sdpa", "eager",
+    "flash_attention_2"), or None where its first module is not a transformer."""
+    transformer = getattr(model[0], "auto_model", None)
+    config = getattr(transformer, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
 @cache
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16 or AMX (bf16 matmuls run natively there)."""
