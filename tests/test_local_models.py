@@ -328,6 +328,29 @@ def test_a_model_without_a_real_token_limit_still_embeds(tiny_model_dir):
     np.testing.assert_allclose(np.stack(ef(texts)), ef.model.encode(texts), rtol=1e-5, atol=1e-6)
 
 
+def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatch):
+    """A book-length text is counted in full but keeps only the ids the model will run."""
+    from embedfleet.embedding_functions.sentence_transformer import (
+        SentenceTransformerEmbeddingFunction,
+    )
+
+    kept: list[int] = []
+    embed_batches = SentenceTransformerEmbeddingFunction._embed_batches
+
+    def recording(self, batches, *, query):
+        kept.append(self._this_call.tokens.ids.flat.size)
+        return embed_batches(self, batches, query=query)
+
+    monkeypatch.setattr(SentenceTransformerEmbeddingFunction, "_embed_batches", recording)
+    ef = tiny(tiny_model_dir, batch_size=4)
+    book = " ".join(f"word{index % 97}" for index in range(20_000))
+    texts = ["short", book, "another short text"]
+    vectors = np.stack(ef(texts))
+    assert ef.stats.truncated == 1 and ef.stats.tokens == sum(ef.count_tokens(texts[::2])) + 64
+    assert 64 <= kept[0] <= 64 + 2 * 16  # the book's first 64 ids, plus the short texts'
+    np.testing.assert_allclose(vectors, ef.model.encode(texts), rtol=1e-5, atol=1e-6)
+
+
 def test_an_on_long_error_leaves_no_token_ids_behind(tiny_model_dir):
     ef = tiny(tiny_model_dir, on_long="error")
     with pytest.raises(TextTooLongError):

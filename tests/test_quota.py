@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import pytest
 
@@ -275,3 +276,28 @@ def test_a_pause_while_both_limits_are_set_never_loses_a_slot():
     for _ in range(20):  # and keeps going, at both rates
         second.acquire(50)
     assert clock.now - paused_at == pytest.approx(5.0 + 21 * 50 / 100, abs=1.0)
+
+
+def test_an_idle_quota_actor_exits_and_the_next_caller_gets_a_fresh_one(local_ray):
+    from embedfleet.quota import shared_ledger
+
+    limits = RateLimits(requests_per_minute=6000)
+    key = "quota-idle-test"
+    actor = shared_ledger(key, limits, idle_seconds=2.0)
+    timer = threading.Event()
+    in_use_until = time.monotonic() + 4.0  # twice the idle time, with calls 0.25 s apart
+    while time.monotonic() < in_use_until:
+        local_ray.get(actor.lease.remote(1, 0))
+        timer.wait(0.25)
+    assert local_ray.get(actor.stats.remote())["leases"] >= 8  # kept while in use
+    deadline = time.monotonic() + 60.0
+    while True:  # then idle: it exits by itself
+        try:
+            local_ray.get_actor(key, namespace=QUOTA_NAMESPACE)
+        except ValueError:
+            break
+        assert time.monotonic() < deadline, "an idle quota actor did not exit"
+        timer.wait(0.2)
+    fresh = shared_ledger(key, limits, idle_seconds=2.0)
+    assert local_ray.get(fresh.stats.remote())["leases"] == 0  # a new budget, not the old
+    local_ray.kill(fresh)

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from embedfleet.embedding_functions import token_batches
-from embedfleet.embedding_functions.token_batches import pad_batch, token_layout, tokenize
+from embedfleet.embedding_functions.token_batches import (
+    cut_row,
+    pad_batch,
+    token_layout,
+    tokenize,
+)
 
 TEXTS = [
     "a",
@@ -69,3 +74,44 @@ def test_counts_are_untruncated_and_chunks_join_in_order(tokenizer, monkeypatch)
         assert chunked.row(index).tolist() == row
     long = tokenize(tokenizer, ["word " * 600])
     assert long.lengths[0] == 602  # counted in full, cut only when a batch is built
+
+
+@pytest.mark.parametrize("truncation_side", ["right", "left"])
+def test_ids_kept_cut_to_the_limit_build_the_same_batches(tokenizer, truncation_side, monkeypatch):
+    tokenizer.truncation_side = truncation_side
+    try:
+        layout = token_layout(tokenizer)
+        texts = [f"text {index} " + "word " * (5 * index) for index in range(9)]
+        full = tokenize(tokenizer, texts)
+        monkeypatch.setattr(token_batches, "TOKENIZE_CHUNK", 4)  # joins cut chunks too
+        cut = tokenize(tokenizer, texts, layout=layout, max_length=16)
+        assert cut.lengths.tolist() == full.lengths.tolist()  # counted in full
+        assert cut.flat.size == sum(min(int(n), 16) for n in full.lengths)
+        for index in range(len(texts)):
+            assert cut.row(index).tolist() == list(cut_row(layout, full.row(index).tolist(), 16))
+        rows = [[cut.row(i) for i in range(len(texts))], [full.row(i) for i in range(len(texts))]]
+        built, expected = (pad_batch(layout, batch, 16) for batch in rows)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(built[key], value, err_msg=key)
+        counts_only = tokenize(tokenizer, texts, keep_ids=False)
+        assert counts_only.lengths.tolist() == full.lengths.tolist()
+        assert counts_only.flat.size == 0
+    finally:
+        tokenizer.truncation_side = "right"
+
+
+def test_long_texts_are_tokenized_a_few_characters_at_a_time(tokenizer, monkeypatch):
+    calls: list[list[str]] = []
+    call = type(tokenizer).__call__
+
+    def recording(self, text, *args, **kwargs):
+        calls.append(list(text))
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", recording)
+    monkeypatch.setattr(token_batches, "TOKENIZE_CHUNK_CHARS", 100)
+    texts = ["x" * 30, "y" * 30, "z" * 300, "short", "w" * 60, "v" * 60]
+    ids = tokenize(tokenizer, texts)
+    assert [sum(map(len, chunk)) for chunk in calls] == [60, 300, 65, 60]
+    assert [text for chunk in calls for text in chunk] == texts  # in order, each once
+    assert ids.lengths.tolist() == [len(row) for row in call(tokenizer, texts)["input_ids"]]

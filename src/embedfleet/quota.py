@@ -51,6 +51,10 @@ STALE_SECONDS = 0.25
 PAUSE_CHECK_SECONDS = 0.25
 #: Where quota actors live, so every job and fleet on a cluster finds the same one.
 QUOTA_NAMESPACE = "embedfleet"
+#: A quota actor nobody has called for this long exits (a per-minute budget's state is
+#: stale long before): a long-lived cluster keeps no actor per key forever, and the next
+#: caller with that key creates a fresh one.
+QUOTA_IDLE_SECONDS = 3600.0
 
 Clock = Callable[[], float]
 
@@ -145,7 +149,38 @@ class QuotaLedger:
 
 
 class QuotaActor(QuotaLedger):
-    """The ledger as a named Ray actor (see :func:`shared_ledger`)."""
+    """The ledger as a named, detached Ray actor (see :func:`shared_ledger`) that exits
+    after ``idle_seconds`` without a call."""
+
+    def __init__(self, limits: RateLimits, idle_seconds: float = QUOTA_IDLE_SECONDS) -> None:
+        super().__init__(limits)
+        self._idle_seconds = idle_seconds
+        self._last_call = time.monotonic()
+        threading.Thread(target=self._exit_when_idle, name="quota-idle", daemon=True).start()
+
+    def configure(self, limits: RateLimits) -> None:
+        self._last_call = time.monotonic()
+        super().configure(limits)
+
+    def lease(self, requests: int, tokens: int) -> Lease:
+        self._last_call = time.monotonic()
+        return super().lease(requests, tokens)
+
+    def pause(self, seconds: float) -> None:
+        self._last_call = time.monotonic()
+        super().pause(seconds)
+
+    def paused_for(self) -> float:
+        self._last_call = time.monotonic()
+        return super().paused_for()
+
+    def _exit_when_idle(self) -> None:
+        import ray
+
+        timer = threading.Event()  # never set: waits out the idle time left
+        while (idle := time.monotonic() - self._last_call) < self._idle_seconds:
+            timer.wait(self._idle_seconds - idle)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
 class _LocalLedger:
@@ -377,11 +412,12 @@ def _in_ray_worker() -> bool:
     return bool(ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
 
 
-def shared_ledger(key: str, limits: RateLimits) -> Any:
+def shared_ledger(key: str, limits: RateLimits, idle_seconds: float = QUOTA_IDLE_SECONDS) -> Any:
     """The named quota actor for ``key``, created by whoever asks first.
 
     Detached, so it outlives the replica that created it: jobs and fleets that
     come later on the same cluster, with the same key, keep sharing its budget.
+    It exits after ``idle_seconds`` without a call (a newly created one only).
     """
     import ray
 
@@ -394,7 +430,7 @@ def shared_ledger(key: str, limits: RateLimits) -> Any:
             lifetime="detached",
             num_cpus=0,
         )
-        .remote(limits)
+        .remote(limits, idle_seconds)
     )
     actor.configure.remote(limits)
     return actor

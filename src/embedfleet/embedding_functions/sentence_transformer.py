@@ -327,8 +327,18 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
 
     def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
         """Tokenize the call's texts once: the counts sort and cut the batches, the
-        ids become the batches' inputs (see :meth:`_embed_batches`)."""
-        ids = tokenize(self.model.tokenizer, texts, self._prompt_text(query=query))
+        ids, kept cut to the model's limit, become the batches' inputs (see
+        :meth:`_embed_batches`; none are kept where batches fall back to ``preprocess``)."""
+        prefix = self._prompt_text(query=query)
+        checked = self._checked_token_path(prefix or None)
+        ids = tokenize(
+            self.model.tokenizer,
+            texts,
+            prefix,
+            layout=checked[0] if checked is not None else None,
+            max_length=self.model.max_seq_length,
+            keep_ids=checked is not None,
+        )
         self._this_call.tokens = _CallTokens(texts, query, ids)
         try:
             return super()._lengths(texts, first_seen, query=query)
