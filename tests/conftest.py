@@ -11,8 +11,8 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# ONNX exports of the session (one per model), never in the user's own cache; set before
-# Ray starts so its workers share it.
+# ONNX exports and precision guard results of the session, never in the user's own
+# cache; set before Ray starts so its workers share it.
 os.environ["EMBEDFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="embedfleet-test-cache-")
 
 from pathlib import Path

@@ -66,13 +66,13 @@ def test_every_load_argument_is_part_of_the_cache_key(tiny_model_dir):
 
 def test_concurrent_first_calls_load_the_model_once(tiny_model_dir, monkeypatch):
     loads = []
-    real_load = local_models._load_uncached
+    real_load = local_models.load_uncached
 
     def counting_load(spec):
         loads.append(spec)
         return real_load(spec)
 
-    monkeypatch.setattr(local_models, "_load_uncached", counting_load)
+    monkeypatch.setattr(local_models, "load_uncached", counting_load)
     functions = [tiny(tiny_model_dir, max_seq_length=40) for _ in range(6)]
     barrier = threading.Barrier(len(functions))
     results = [None] * len(functions)

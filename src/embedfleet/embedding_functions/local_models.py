@@ -204,7 +204,7 @@ def load_model(spec: ModelSpec) -> SentenceTransformer:
         with _cache_lock:
             model = _models.get(spec)
         if model is None:
-            model = _load_uncached(spec)
+            model = load_uncached(spec)
             with _cache_lock:
                 _models[spec] = model
     return model
@@ -216,7 +216,8 @@ def cached_model_count() -> int:
         return len(_models)
 
 
-def _load_uncached(spec: ModelSpec) -> SentenceTransformer:
+def load_uncached(spec: ModelSpec) -> SentenceTransformer:
+    """A new model object for ``spec``, not kept in the process cache."""
     st = require_sentence_transformers()
     import torch
 

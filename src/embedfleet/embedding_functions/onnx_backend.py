@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedfleet.embedding_functions.precision_guard import cache_dir, cosines, guard_corpus
 from embedfleet.embedding_functions.token_batches import tokenizer_lock
 from embedfleet.errors import ConfigError, MissingDependencyError, ModelError, QualityGuardError
 
@@ -97,11 +97,6 @@ def check_onnx_precision(precision: str) -> None:
         raise ConfigError(
             f"with backend='onnx', precision must be one of {ONNX_PRECISIONS}, got {precision!r}"
         )
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get("EMBEDFLEET_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "embedfleet"
 
 
 # ---------------------------------------------------------------------- process cache
@@ -295,23 +290,6 @@ def _quantize(source: Path, target: Path) -> None:
 
 
 # ---------------------------------------------------------------------- quality guard
-def guard_corpus() -> list[str]:
-    """Short, medium and long texts (past 256 tokens), English and other scripts."""
-    from embedfleet.bench import corpus
-
-    return [
-        *corpus(96, seed=20261125),
-        "The quick brown fox jumps over the lazy dog.",
-        "Embeddings map text to vectors so that similar meanings lie close together.",
-        "Der schnelle braune Fuchs springt über den faulen Hund.",
-        "Le renard brun rapide saute par-dessus le chien paresseux.",
-        "東京は日本の首都であり、世界最大の都市圏の一つです。",
-        "Быстрая коричневая лиса перепрыгивает через ленивую собаку.",
-        "def embed(texts): return model.encode(texts, batch_size=32)",
-        "SELECT id, text FROM documents WHERE updated_at > '2026-01-01';",
-    ]
-
-
 def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
     """Over the guard corpus: the fp32 export's largest relative error to torch fp32 (it
     must reproduce torch, or the export is refused) and int8's minimum cosine to fp32."""
@@ -330,7 +308,7 @@ def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
         with torch.inference_mode():
             expected = model(features)[OUTPUT].float().cpu().numpy()
         error = max(error, float(_relative_errors(reference, expected).max()))
-        lowest = min(lowest, float(_cosines(reference, int8.run([OUTPUT], feed)[0]).min()))
+        lowest = min(lowest, float(cosines(reference, int8.run([OUTPUT], feed)[0]).min()))
     if error > FP32_MAX_RELATIVE_ERROR:
         raise ModelError(
             f"the ONNX export of this model does not reproduce it: a vector differs from torch "
@@ -342,11 +320,6 @@ def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
 
 def _relative_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
 
 
 def _as_numpy(value: Any) -> np.ndarray:

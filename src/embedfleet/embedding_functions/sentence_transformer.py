@@ -41,6 +41,7 @@ from embedfleet.embedding_functions.onnx_backend import (
     check_onnx_precision,
     load_onnx_model,
 )
+from embedfleet.embedding_functions.precision_guard import guarded_precision
 from embedfleet.embedding_functions.registry import register
 from embedfleet.embedding_functions.token_batches import (
     TokenIds,
@@ -168,6 +169,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         self._model_kwargs_json = model_kwargs_json
         self._source: ResolvedSource | None = None
         self._resolved_device: str | None = None
+        self._precision: str | None = None  # resolved (and guarded) where the model runs
+        self._precision_min_cosine: float | None = None  # the guard's measurement, if taken
         #: Per prompt: whether batches built from token ids match ``preprocess``.
         self._token_path: dict[str, _TokenPath | None] = {}
         self._threads: int | None = None  # set on a fleet replica: its CPU share
@@ -205,6 +208,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         }
         if self.backend == "onnx":
             described["int8_min_cosine"] = self._onnx().int8_min_cosine
+        elif self._precision_min_cosine is not None:
+            described["precision_min_cosine"] = round(self._precision_min_cosine, 6)
         return described
 
     # ------------------------------------------------------------------ the model
@@ -219,12 +224,19 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
     @property
     def precision(self) -> str:
         """The precision actually used: "fp32", "fp16" or "bf16"; with the ONNX backend
-        "fp32" or "int8" (``"auto"`` picks int8 only where the quality guard holds)."""
+        "fp32" or "int8". ``"auto"`` picks a reduced one only where its quality guard holds
+        (:mod:`~embedfleet.embedding_functions.precision_guard`; ONNX: int8's own)."""
         if self.backend == "onnx":
             if self.requested_precision == "fp32":
                 return "fp32"
             return self._onnx().precision
-        return resolve_precision(self.requested_precision, self.resolved_device)
+        if self._precision is None:
+            resolved = resolve_precision(self.requested_precision, self.resolved_device)
+            if self.requested_precision == "auto" and resolved != "fp32":
+                spec = self._model_spec("fp32")
+                resolved, self._precision_min_cosine = guarded_precision(spec, resolved)
+            self._precision = resolved
+        return self._precision
 
     @property
     def source(self) -> ResolvedSource:
@@ -238,12 +250,14 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         """The loaded model (shared with every function built from the same arguments)."""
         return load_model(self._model_spec())
 
-    def _model_spec(self) -> ModelSpec:
+    def _model_spec(self, precision: str | None = None) -> ModelSpec:
+        if precision is None:
+            precision = "fp32" if self.backend == "onnx" else self.precision
         return ModelSpec(
             source=self.source.source,
             revision=self.revision,
             device=self.resolved_device,
-            precision="fp32" if self.backend == "onnx" else self.precision,
+            precision=precision,
             max_seq_length=self.max_seq_length,
             pooling_include_prompt=self._pooling_include_prompt(),
             trust_remote_code=self.trust_remote_code,
@@ -289,6 +303,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_onnx_model"] = None  # an ORT session stays in its process
+        # the device and precision are resolved where the model runs, not where it was built
+        state["_resolved_device"] = state["_precision"] = state["_precision_min_cosine"] = None
         return state
 
     def set_num_threads(self, threads: int) -> None:

@@ -1,0 +1,218 @@
+"""``precision="auto"`` picks a reduced precision only where the model keeps its vectors.
+
+Auto means bf16 on CPUs with native bf16 and fp16 on CUDA (about 2x faster), but
+a model is not guaranteed to survive it: activations far from zero lose their
+small differences in 8 (bf16) or 11 (fp16) bits of mantissa, and fp16 overflows
+past 65,504. So before auto uses a reduced precision for a model, the guard
+embeds :func:`guard_corpus` (short, medium and long texts, several scripts) in
+fp32 and in the reduced precision on the same device; the reduced one is used
+only if every vector keeps cosine >= :data:`REDUCED_MIN_COSINE` to fp32 (a
+non-finite vector counts as -1). Otherwise auto falls back to fp32 and says so
+in the log. An explicit precision is never second-guessed.
+
+The measurement costs one fp32 load and two passes over the corpus, once per
+machine: the result is kept in ``$EMBEDFLEET_CACHE_DIR/precision/<key>.json``,
+keyed by the model's files (name, size and mtime of each), its load arguments,
+the precision, the device's model name and the library versions. Where the
+model's files cannot be found (a hub model not yet downloaded), the result is
+measured again by the next process instead of cached.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedfleet.embedding_functions.local_models import ModelSpec, load_uncached
+
+logger = logging.getLogger(__name__)
+
+#: A reduced precision is picked by ``"auto"`` only if every guard-corpus vector keeps
+#: this cosine to fp32 (the issue's bar; all-MiniLM-L6-v2 in bf16: 0.9998).
+REDUCED_MIN_COSINE = 0.999
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+_measured: dict[tuple[ModelSpec, str], float] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where embedfleet keeps what it derives once per machine (exports, measurements)."""
+    configured = os.environ.get("EMBEDFLEET_CACHE_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "embedfleet"
+
+
+def guard_corpus() -> list[str]:
+    """Short, medium and long texts (past 256 tokens), English and other scripts."""
+    from embedfleet.bench import corpus
+
+    return [
+        *corpus(96, seed=20261125),
+        "The quick brown fox jumps over the lazy dog.",
+        "Embeddings map text to vectors so that similar meanings lie close together.",
+        "Der schnelle braune Fuchs springt über den faulen Hund.",
+        "Le renard brun rapide saute par-dessus le chien paresseux.",
+        "東京は日本の首都であり、世界最大の都市圏の一つです。",
+        "Быстрая коричневая лиса перепрыгивает через ленивую собаку.",
+        "def embed(texts): return model.encode(texts, batch_size=32)",
+        "SELECT id, text FROM documents WHERE updated_at > '2026-01-01';",
+    ]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine; a row with a non-finite value scores -1."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    result = np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+    return np.where(np.isfinite(result), result, -1.0)
+
+
+def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float]:
+    """The precision ``"auto"`` uses for ``spec``'s model, ``reduced`` or ``"fp32"``, and
+    the guard's minimum cosine of ``reduced`` to fp32 (measured once per process at most)."""
+    key = (replace(spec, precision="fp32"), reduced)
+    with _lock:  # threads starting together measure once
+        lowest = _measured.get(key)
+        if lowest is None:
+            path = _result_path(spec, reduced)
+            lowest = _cached(path)
+            if lowest is None:
+                lowest = _measure(spec, reduced)
+                if path is not None:
+                    result = {"min_cosine": lowest, "floor": REDUCED_MIN_COSINE}
+                    _store(path, {**result, "precision": reduced})
+            _measured[key] = lowest
+    if lowest >= REDUCED_MIN_COSINE:
+        return reduced, lowest
+    logger.warning(
+        "precision='auto': %s keeps a minimum cosine of %.4f to fp32 on the guard corpus for "
+        "%s (below %s); using fp32",
+        reduced,
+        lowest,
+        spec.source,
+        REDUCED_MIN_COSINE,
+    )
+    return "fp32", lowest
+
+
+def _measure(spec: ModelSpec, reduced: str) -> float:
+    """Embed the guard corpus in fp32, cast the same model to ``reduced``, embed again."""
+    import torch
+
+    started = time.perf_counter()
+    model = load_uncached(replace(spec, precision="fp32"))  # never shared: cast below
+    try:
+        texts = guard_corpus()
+        reference = model.encode(texts, batch_size=16, convert_to_numpy=True)
+        model.to(getattr(torch, _TORCH_DTYPES[reduced]))
+        lowered = model.encode(texts, batch_size=16, convert_to_numpy=True)
+        lowest = float(cosines(reference.astype(np.float64), lowered.astype(np.float64)).min())
+        logger.info(
+            "precision guard for %s on %s: %s keeps a minimum cosine of %.5f to fp32 (%.1f s)",
+            spec.source,
+            spec.device,
+            reduced,
+            lowest,
+            time.perf_counter() - started,
+        )
+        return lowest
+    finally:
+        del model
+        gc.collect()
+        if spec.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
+    files = _model_files(spec)
+    if files is None:
+        return None
+    import sentence_transformers
+    import torch
+    import transformers
+
+    parts = {
+        "spec": asdict(replace(spec, precision="fp32")),
+        "files": files,
+        "precision": reduced,
+        "device": _device_model(spec.device),
+        "versions": [
+            torch.__version__,
+            transformers.__version__,
+            sentence_transformers.__version__,
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / "precision" / f"{digest}.json"
+
+
+def _model_files(spec: ModelSpec) -> list[tuple[str, int, int]] | None:
+    """Name, size and mtime of each file of the model, or None where they are not here."""
+    folder = Path(spec.source)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(spec.source, revision=spec.revision, local_files_only=True)
+            )
+        except Exception:  # not downloaded yet (or not a hub id): measure, do not cache
+            return None
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            status = path.stat()
+            files.append((str(path.relative_to(folder)), status.st_size, status.st_mtime_ns))
+    return files
+
+
+def _device_model(device: str) -> str:
+    """The model of the device, since reduced-precision kernels differ between them."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
+    import platform
+
+    from embedfleet.embedding_functions.local_models import cpu_has_native_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{device}:{name}:native_bf16={cpu_has_native_bf16()}"
+
+
+def _cached(path: Path | None) -> float | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return float(json.loads(path.read_text())["min_cosine"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: measure again
+        return None
+
+
+def _store(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` whole or not at all (processes may measure at the same time)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=".guard-", suffix=".json", delete=False
+        ) as handle:
+            json.dump(result, handle, indent=2)
+        os.replace(handle.name, path)
+    except OSError as exc:  # a read-only cache only costs a measurement per process
+        logger.warning("could not keep the precision guard's result in %s: %s", path, exc)

@@ -1,0 +1,117 @@
+"""precision="auto" uses bf16/fp16 only where the model keeps cosine >= 0.999 to fp32."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from embedfleet.embedding_functions import (
+    SentenceTransformerEmbeddingFunction,
+    local_models,
+    precision_guard,
+)
+from embedfleet.embedding_functions.precision_guard import (
+    REDUCED_MIN_COSINE,
+    cosines,
+    guarded_precision,
+)
+from tests.tiny_models import build_tiny_sentence_transformer
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """auto picks bf16 as on a CPU with native bf16 (bf16 itself runs on any CPU)."""
+    monkeypatch.setattr(local_models, "cpu_has_native_bf16", lambda: True)
+
+
+@pytest.fixture(scope="module")
+def fragile_model_dir(tmp_path_factory):
+    """Activations far from zero: bf16 rounds their differences away (cosine about 0.4)."""
+    return build_tiny_sentence_transformer(
+        tmp_path_factory.mktemp("fragile-model"), embedding_offset=10.0
+    )
+
+
+def auto(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
+    return SentenceTransformerEmbeddingFunction(str(model_dir), device="cpu", **kwargs)
+
+
+def test_auto_keeps_bf16_where_the_guard_holds(tiny_model_dir, native_bf16):
+    ef = auto(tiny_model_dir)
+    assert ef.precision == "bf16"
+    measured = ef.describe()["precision_min_cosine"]
+    assert REDUCED_MIN_COSINE <= measured <= 1.0
+    texts = ["a short text", "another one, a little longer than the first"]
+    fp32 = auto(tiny_model_dir, precision="fp32")
+    assert cosines(np.stack(ef(texts)), np.stack(fp32(texts))).min() >= REDUCED_MIN_COSINE
+
+
+def test_auto_falls_back_to_fp32_where_bf16_loses_the_vectors(
+    fragile_model_dir, native_bf16, caplog
+):
+    with caplog.at_level(logging.WARNING, logger=precision_guard.__name__):
+        ef = auto(fragile_model_dir)
+        assert ef.precision == "fp32"
+    assert ef.describe()["precision_min_cosine"] < REDUCED_MIN_COSINE
+    assert "using fp32" in caplog.text and "bf16 keeps a minimum cosine" in caplog.text
+    texts = ["a short text", "another one"]
+    fp32 = auto(fragile_model_dir, precision="fp32")
+    np.testing.assert_allclose(np.stack(ef(texts)), np.stack(fp32(texts)), rtol=1e-5, atol=1e-6)
+    explicit = auto(fragile_model_dir, precision="bf16")  # asked for: never second-guessed
+    assert explicit.precision == "bf16" and "precision_min_cosine" not in explicit.describe()
+
+
+def test_fp16_is_guarded_the_same_way(tiny_model_dir, fragile_model_dir):
+    """fp16 is auto's choice on CUDA; the guard runs on whatever device the model is on."""
+    sound = local_models.ModelSpec(str(tiny_model_dir), None, "cpu", "fp16")
+    fragile = local_models.ModelSpec(str(fragile_model_dir), None, "cpu", "fp16")
+    assert guarded_precision(sound, "fp16")[0] == "fp16"
+    precision, lowest = guarded_precision(fragile, "fp16")
+    assert precision == "fp32" and lowest < REDUCED_MIN_COSINE
+
+
+def test_the_result_is_kept_once_per_machine_and_remeasured_when_the_files_change(
+    tmp_path, native_bf16, monkeypatch
+):
+    model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=3)
+    spec = local_models.ModelSpec(str(model_dir), None, "cpu", "fp32")
+    measured: list[str] = []
+    measure = precision_guard._measure
+
+    def counting(spec, reduced):
+        measured.append(reduced)
+        return measure(spec, reduced)
+
+    monkeypatch.setattr(precision_guard, "_measure", counting)
+    first = guarded_precision(spec, "bf16")
+    precision_guard._measured.clear()  # as a new process would start: only the disk result
+    assert guarded_precision(spec, "bf16") == first and measured == ["bf16"]
+    kept = list((precision_guard.cache_dir() / "precision").glob("*.json"))
+    assert kept and all("min_cosine" in path.read_text() for path in kept)
+
+    precision_guard._measured.clear()
+    weights = next(model_dir.rglob("*.safetensors"))
+    status = weights.stat()  # a new mtime: the files may have changed
+    os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    assert guarded_precision(spec, "bf16") == first and measured == ["bf16", "bf16"]
+
+
+def test_a_non_finite_vector_fails_the_guard():
+    reference = np.ones((3, 4))
+    lowered = reference.copy()
+    lowered[1, 2] = np.nan  # fp16 overflow shows up as inf or nan
+    assert cosines(reference, lowered).tolist() == [1.0, -1.0, 1.0]
+
+
+def test_a_pickled_function_resolves_device_and_precision_where_it_runs(
+    tiny_model_dir, native_bf16
+):
+    ef = auto(tiny_model_dir)
+    assert ef.precision == "bf16" and ef.resolved_device == "cpu"
+    copy = pickle.loads(pickle.dumps(ef))
+    assert copy._precision is None and copy._resolved_device is None
+    assert copy.precision == "bf16"  # resolved again, here
