@@ -355,3 +355,30 @@ def test_plan_and_status_commands(tmp_path, capsys):
     assert main(["status", str(tmp_path / "out")]) == EXIT_OK
     status = capsys.readouterr().out
     assert report["run_id"] in status and "latest" in status and "lock: free" in status
+
+
+def test_the_driver_loads_no_model_the_metadata_comes_from_a_replica(tmp_path):
+    """Where the model runs decides its device, precision and quality guards: the job
+    records them as a replica resolved them, and the driver (perhaps a small head node
+    without the replicas' GPUs) never loads the model, not even to describe it."""
+    from embedfleet.embedding_functions import local_models
+    from tests.tiny_models import build_tiny_sentence_transformer
+
+    model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=11)
+    config = {"model_name": str(model_dir), "backend": "onnx", "precision": "auto"}
+    spec = make_spec(
+        {"uri": str(write_jsonl(tmp_path / "docs.jsonl", rows(60)))},
+        str(tmp_path / "out"),
+        embedding={"provider": "sentence_transformer", "config": config},
+        fleet={"replicas": 1, "num_cpus": 1},
+    )
+    loaded = local_models.cached_model_count()
+    result = Job(spec).run(progress=False)
+    assert result.complete and result.embedded == 60
+    assert local_models.cached_model_count() == loaded
+
+    table = embedfleet.read(spec.output.uri).to_table()
+    metadata = json.loads(table.schema.metadata[b"embedfleet"])
+    assert metadata["backend"] == "onnx" and metadata["int8_min_cosine"] is not None
+    snapshot = sink.Output(spec.output.uri).snapshot(result.run_id)
+    assert snapshot.manifest()["embedding"] == metadata  # start, parts and finish agree

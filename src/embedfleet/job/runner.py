@@ -344,12 +344,70 @@ class Job:
         signals: _StopOnSignal,
         started: float,
     ) -> JobResult:
-        stop = signals.stop
         plan = self.plan()
+        snapshot = self.output.snapshot(plan.snapshot or sink.new_run_id())
+        committed = still_committed(snapshot.commits(), plan.shards)
+        todo = [shard for shard in plan.shards if shard.shard_id not in committed]
+        fleet = self._start_fleet(signals) if todo else None  # before the metadata: see there
+        try:
+            return self._run_planned(
+                plan, snapshot, committed, todo, fleet, progress, on_shard, signals, started
+            )
+        finally:
+            if fleet is not None:
+                fleet.shutdown()
+
+    def _start_fleet(self, signals: _StopOnSignal) -> Any:
+        """Ray (local, or the configured cluster) and the job's fleet of replicas."""
+        import ray
+
+        from embedfleet.fleet import RemoteEmbeddingFunction
+
+        fleet_spec = self.spec.fleet
+        if not ray.is_initialized():
+            ray.init(
+                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
+            )
+            signals.install()
+        return RemoteEmbeddingFunction(
+            self.function,
+            replicas=fleet_spec.replicas,
+            num_cpus=fleet_spec.num_cpus,
+            num_gpus=fleet_spec.num_gpus,
+            max_pending_per_replica=fleet_spec.max_pending_per_replica,
+            batch_size=fleet_spec.batch_size,
+            resources=fleet_spec.resources,
+            start_timeout=fleet_spec.start_timeout,
+            name=f"job:{self.output.uri}",
+        )
+
+    def _metadata(self, fleet: Any, snapshot: sink.Snapshot) -> dict[str, Any]:
+        """What the vectors are recorded with: the function as a replica resolved it (the
+        device, precision and quality guards of where it runs; the driver loads no model),
+        or, with nothing left to embed, what the snapshot recorded when it started."""
+        if fleet is None:
+            recorded = snapshot.run_info()
+            if recorded is not None and "embedding" in recorded:
+                return dict(recorded["embedding"])
+        described = embedding_metadata(fleet if fleet is not None else self.function)
+        return {**described, "job_fingerprint": self.fingerprint}
+
+    def _run_planned(
+        self,
+        plan: JobPlan,
+        snapshot: sink.Snapshot,
+        committed: dict[str, dict[str, Any]],
+        todo: list[Shard],
+        fleet: Any,
+        progress: bool,
+        on_shard: Callable[[dict[str, Any]], None] | None,
+        signals: _StopOnSignal,
+        started: float,
+    ) -> JobResult:
+        stop = signals.stop
         price, limit = plan.price, plan.token_limit
-        run_id = plan.snapshot or sink.new_run_id()
-        snapshot = self.output.snapshot(run_id)
-        metadata = {**embedding_metadata(self.function), "job_fingerprint": self.fingerprint}
+        run_id = snapshot.run_id
+        metadata = self._metadata(fleet, snapshot)
         if plan.snapshot is None:
             snapshot.start(
                 {
@@ -363,8 +421,6 @@ class Job:
                 }
             )
         planned = {shard.shard_id for shard in plan.shards}
-        committed = still_committed(snapshot.commits(), plan.shards)
-        todo = [shard for shard in plan.shards if shard.shard_id not in committed]
         result = JobResult(
             run_id=run_id,
             snapshot=snapshot.relative,
@@ -385,7 +441,17 @@ class Job:
         embedded_at = time.perf_counter()
         if todo:
             embedded_at = self._embed_shards(
-                todo, snapshot, metadata, result, progress, on_shard, signals, started, limit, base
+                fleet,
+                todo,
+                snapshot,
+                metadata,
+                result,
+                progress,
+                on_shard,
+                signals,
+                started,
+                limit,
+                base,
             )
         if stop.is_set():
             raise KeyboardInterrupt
@@ -439,6 +505,7 @@ class Job:
 
     def _embed_shards(
         self,
+        fleet: Any,
         todo: list[Shard],
         snapshot: sink.Snapshot,
         metadata: dict[str, Any],
@@ -452,26 +519,8 @@ class Job:
     ) -> float:
         import ray
 
-        from embedfleet.fleet import RemoteEmbeddingFunction
-
         fleet_spec = self.spec.fleet
-        if not ray.is_initialized():
-            ray.init(
-                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
-            )
-            signals.install()
         stop = signals.stop
-        fleet = RemoteEmbeddingFunction(
-            self.function,
-            replicas=fleet_spec.replicas,
-            num_cpus=fleet_spec.num_cpus,
-            num_gpus=fleet_spec.num_gpus,
-            max_pending_per_replica=fleet_spec.max_pending_per_replica,
-            batch_size=fleet_spec.batch_size,
-            resources=fleet_spec.resources,
-            start_timeout=fleet_spec.start_timeout,
-            name=f"job:{self.output.uri}",
-        )
         result.placement = list(fleet.placement)
         window = max(2, 2 * fleet_spec.replicas)
         # Start the shard tasks' worker processes now (imports included): part of
