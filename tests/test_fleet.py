@@ -167,6 +167,28 @@ def test_custom_unregistered_function_is_sent_with_cloudpickle():
         np.testing.assert_array_equal(stack(fleet(["ab", "abc"])), [[2, 4], [3, 6]])
 
 
+def test_replicas_that_describe_the_function_differently_are_named_in_a_warning(caplog):
+    """On a mixed cluster replicas may resolve a function differently (a precision guard
+    that fails on one kind of hardware); the job records replica 0's description."""
+
+    class PerProcess(EmbeddingFunction):
+        def embed_batch(self, texts, *, query=False):
+            return [[1.0] for _ in texts]
+
+        def describe(self):
+            import os
+
+            return {**super().describe(), "pid": os.getpid()}
+
+    with embedfleet.remote(PerProcess(), replicas=2, num_cpus=0, name="mixed") as fleet:
+        pids = sorted(entry["pid"] for entry in fleet.placement)
+        with caplog.at_level("WARNING", logger="embedfleet.fleet"):
+            described = fleet.describe()
+    assert described["pid"] in pids
+    assert "describe the function differently (pid: " in caplog.text
+    assert all(str(pid) in caplog.text for pid in pids)
+
+
 def test_unpicklable_custom_function_is_a_clear_error():
     class Locked(EmbeddingFunction):
         def __init__(self):

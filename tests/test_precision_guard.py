@@ -115,3 +115,29 @@ def test_a_pickled_function_resolves_device_and_precision_where_it_runs(
     copy = pickle.loads(pickle.dumps(ef))
     assert copy._precision is None and copy._resolved_device is None
     assert copy.precision == "bf16"  # resolved again, here
+
+
+def test_a_model_that_does_not_fit_in_fp32_keeps_the_reduced_precision_unmeasured(
+    tmp_path, monkeypatch, caplog
+):
+    """A model sized for fp16 on its GPU cannot load in fp32 there: the guard cannot run,
+    auto keeps fp16 with a warning, and nothing is kept (the next process tries again)."""
+    import torch
+
+    model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=5)
+    spec = local_models.ModelSpec(str(model_dir), None, "cpu", "fp32")
+    load = precision_guard.load_uncached
+
+    def fp32_does_not_fit(spec):  # what CUDA raises; no GPU here to fill
+        if spec.precision == "fp32":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 28 GiB")
+        return load(spec)
+
+    monkeypatch.setattr(precision_guard, "load_uncached", fp32_does_not_fit)
+    with caplog.at_level(logging.WARNING, logger=precision_guard.__name__):
+        assert guarded_precision(spec, "fp16") == ("fp16", None)
+    assert "does not fit on cpu in fp32" in caplog.text and "using fp16 unmeasured" in caplog.text
+    assert (local_models.ModelSpec(str(model_dir), None, "cpu", "fp32"), "fp16") not in (
+        precision_guard._measured
+    )
+    assert precision_guard._cached(precision_guard._result_path(spec, "fp16")) is None

@@ -22,6 +22,7 @@ from embedfleet.quota import (
     QuotaLedger,
     RateLimits,
     _LocalLedger,
+    _RemoteLedger,
     quota_key,
 )
 
@@ -284,6 +285,7 @@ def test_an_idle_quota_actor_exits_and_the_next_caller_gets_a_fresh_one(local_ra
     limits = RateLimits(requests_per_minute=6000)
     key = "quota-idle-test"
     actor = shared_ledger(key, limits, idle_seconds=2.0)
+    ledger = _RemoteLedger(key, limits)  # what a replica holds: the same actor, by name
     timer = threading.Event()
     in_use_until = time.monotonic() + 4.0  # twice the idle time, with calls 0.25 s apart
     while time.monotonic() < in_use_until:
@@ -298,6 +300,7 @@ def test_an_idle_quota_actor_exits_and_the_next_caller_gets_a_fresh_one(local_ra
             break
         assert time.monotonic() < deadline, "an idle quota actor did not exit"
         timer.wait(0.2)
-    fresh = shared_ledger(key, limits, idle_seconds=2.0)
-    assert local_ray.get(fresh.stats.remote())["leases"] == 0  # a new budget, not the old
+    ledger.lease(1, 0)  # a process still holding the old handle: it creates a fresh one
+    fresh = local_ray.get_actor(key, namespace=QUOTA_NAMESPACE)
+    assert local_ray.get(fresh.stats.remote())["leases"] == 1  # a new budget, not the old
     local_ray.kill(fresh)

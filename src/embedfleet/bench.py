@@ -147,7 +147,7 @@ def run_benchmark(
         spec = JobSpec.from_dict(
             {
                 "source": {"uri": str(data)},
-                "embedding": {"provider": "default"},
+                "embedding": {"provider": "default", "config": {"device": device}},
                 "fleet": {"replicas": replicas, "num_cpus": num_cpus, "num_gpus": num_gpus},
                 "output": {"uri": f"{folder}/out", "rows_per_shard": max(500, docs // 8)},
             }
@@ -199,9 +199,9 @@ def run_benchmark(
     if gpu:
         pinned = [entry.get("cuda_visible_devices") for entry in job_row["placement"]]
         print(f"job replicas' CUDA_VISIBLE_DEVICES: {pinned}")
-    if onnx is None:
+    if onnx is None and not gpu:
         print('ONNX Runtime backend: not measured (pip install "embedfleet[onnx]")')
-    if chroma is None:
+    if chroma is None and not gpu:
         print("chromadb's DefaultEmbeddingFunction: not measured (chromadb or its model missing)")
     return rows
 
@@ -235,13 +235,14 @@ def _timed(
     if gpu:
         import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     with _PeakMemory() as memory:
         start = time.perf_counter()
         work()
         if gpu:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     row = {
         "path": path,
@@ -252,7 +253,7 @@ def _timed(
         "memory_scope": "this process, above its size before the pass",
     }
     if gpu:
-        row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["peak_gpu_memory_mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     return row
 
 

@@ -317,8 +317,29 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         return self._spec.provider
 
     def describe(self) -> dict[str, Any]:
-        """The wrapped function's description, as resolved on a replica."""
-        return _ray().get(self._live_actors()[0].describe.remote())
+        """The wrapped function's description, as resolved on a replica. Where replicas
+        resolved it differently (a mixed cluster: another device, or a precision guard
+        that fails on one kind of hardware), a warning names what differs."""
+        ray = _ray()
+        described = ray.get([actor.describe.remote() for actor in self._live_actors()])
+        first = described[0]
+        differ = sorted(
+            {
+                key
+                for other in described[1:]
+                for key in {*first, *other}
+                if first.get(key) != other.get(key)
+            }
+        )
+        if differ:
+            values = {key: sorted({repr(each.get(key)) for each in described}) for key in differ}
+            logger.warning(
+                "the replicas of fleet %r describe the function differently (%s); the "
+                "metadata records replica 0's",
+                self.fleet_name,
+                "; ".join(f"{key}: {', '.join(found)}" for key, found in values.items()),
+            )
+        return first
 
     def __repr__(self) -> str:
         return (

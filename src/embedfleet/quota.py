@@ -220,11 +220,13 @@ class _RemoteLedger:
         import ray
         from ray.exceptions import RayActorError
 
-        try:
-            return ray.get(getattr(self.actor, method).remote(*args))
-        except RayActorError:  # its node died: the next caller creates it anew
-            self.actor = shared_ledger(self.key, self.limits)
-            return ray.get(getattr(self.actor, method).remote(*args))
+        for wait in (0.0, 0.2, 1.0):  # its node died, or it exited idle: create it anew
+            try:
+                return ray.get(getattr(self.actor, method).remote(*args))
+            except RayActorError:  # an exiting actor's name may still find it: wait a bit
+                time.sleep(wait)
+                self.actor = shared_ledger(self.key, self.limits)
+        return ray.get(getattr(self.actor, method).remote(*args))
 
 
 class Pacer:

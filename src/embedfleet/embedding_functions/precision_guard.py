@@ -10,12 +10,15 @@ only if every vector keeps cosine >= :data:`REDUCED_MIN_COSINE` to fp32 (a
 non-finite vector counts as -1). Otherwise auto falls back to fp32 and says so
 in the log. An explicit precision is never second-guessed.
 
-The measurement costs one fp32 load and two passes over the corpus, once per
-machine: the result is kept in ``$EMBEDFLEET_CACHE_DIR/precision/<key>.json``,
-keyed by the model's files (name, size and mtime of each), its load arguments,
-the precision, the device's model name and the library versions. Where the
-model's files cannot be found (a hub model not yet downloaded), the result is
-measured again by the next process instead of cached.
+The measurement loads the model twice (fp32, then the reduced precision as it will
+run; one copy at a time) and embeds the corpus with each, once per machine: the
+result is kept in ``$EMBEDFLEET_CACHE_DIR/precision/<key>.json``, keyed by the
+model's files (name, size and mtime of each, dot-folders left out), its load
+arguments, the precision, the device's model name, the library versions and the
+guard's own version. Where the model's files cannot be found (a hub model not yet
+downloaded), the result is measured again by the next process instead of cached.
+Where the model does not fit on its device in fp32 (a model sized for fp16), the
+guard cannot run: the reduced precision is used, with a warning, unmeasured.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from embedfleet.embedding_functions.local_models import ModelSpec, load_uncached
 logger = logging.getLogger(__name__)
 
 #: A reduced precision is picked by ``"auto"`` only if every guard-corpus vector keeps
-#: this cosine to fp32 (the issue's bar; all-MiniLM-L6-v2 in bf16: 0.9998).
+#: this cosine to fp32 (all-MiniLM-L6-v2 in bf16: 0.9999).
 REDUCED_MIN_COSINE = 0.999
-_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+#: Part of every cache key: bump it when the corpus or the measurement changes.
+GUARD_VERSION = 1
 _measured: dict[tuple[ModelSpec, str], float] = {}
 _lock = threading.Lock()
 
@@ -76,9 +80,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(result), result, -1.0)
 
 
-def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float]:
+def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float | None]:
     """The precision ``"auto"`` uses for ``spec``'s model, ``reduced`` or ``"fp32"``, and
-    the guard's minimum cosine of ``reduced`` to fp32 (measured once per process at most)."""
+    the guard's minimum cosine of ``reduced`` to fp32 (measured once per process at most;
+    None, and ``reduced``, where the model does not fit on its device in fp32)."""
     key = (replace(spec, precision="fp32"), reduced)
     with _lock:  # threads starting together measure once
         lowest = _measured.get(key)
@@ -87,6 +92,8 @@ def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float]:
             lowest = _cached(path)
             if lowest is None:
                 lowest = _measure(spec, reduced)
+                if lowest is None:  # could not be measured here: not kept, not memoised
+                    return reduced, None
                 if path is not None:
                     result = {"min_cosine": lowest, "floor": REDUCED_MIN_COSINE}
                     _store(path, {**result, "precision": reduced})
@@ -104,27 +111,48 @@ def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float]:
     return "fp32", lowest
 
 
-def _measure(spec: ModelSpec, reduced: str) -> float:
-    """Embed the guard corpus in fp32, cast the same model to ``reduced``, embed again."""
-    import torch
-
+def _measure(spec: ModelSpec, reduced: str) -> float | None:
+    """Embed the guard corpus with the model loaded in fp32, then loaded in ``reduced`` as it
+    will run (modules a model keeps in fp32 stay so), one copy at a time. None where the
+    fp32 copy does not fit on the device (a model sized for reduced precision)."""
     started = time.perf_counter()
-    model = load_uncached(replace(spec, precision="fp32"))  # never shared: cast below
+    texts = guard_corpus()
     try:
-        texts = guard_corpus()
-        reference = model.encode(texts, batch_size=16, convert_to_numpy=True)
-        model.to(getattr(torch, _TORCH_DTYPES[reduced]))
-        lowered = model.encode(texts, batch_size=16, convert_to_numpy=True)
-        lowest = float(cosines(reference.astype(np.float64), lowered.astype(np.float64)).min())
-        logger.info(
-            "precision guard for %s on %s: %s keeps a minimum cosine of %.5f to fp32 (%.1f s)",
+        reference = _embed(replace(spec, precision="fp32"), texts)
+    except MemoryError as exc:
+        logger.warning(
+            "precision='auto': %s does not fit on %s in fp32 (%s), so its guard cannot run; "
+            "using %s unmeasured",
             spec.source,
             spec.device,
+            exc,
             reduced,
-            lowest,
-            time.perf_counter() - started,
         )
-        return lowest
+        return None
+    lowered = _embed(replace(spec, precision=reduced), texts)
+    lowest = float(cosines(reference.astype(np.float64), lowered.astype(np.float64)).min())
+    logger.info(
+        "precision guard for %s on %s: %s keeps a minimum cosine of %.5f to fp32 (%.1f s)",
+        spec.source,
+        spec.device,
+        reduced,
+        lowest,
+        time.perf_counter() - started,
+    )
+    return lowest
+
+
+def _embed(spec: ModelSpec, texts: list[str]) -> np.ndarray:
+    """``texts`` through a model loaded for ``spec`` outside the process cache, then freed;
+    a CUDA out-of-memory error comes out as ``MemoryError``."""
+    import torch
+
+    model = None
+    try:
+        model = load_uncached(spec)
+        return np.asarray(model.encode(texts, batch_size=16, convert_to_numpy=True))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise MemoryError(str(exc).splitlines()[0]) from exc
     finally:
         del model
         gc.collect()
@@ -140,7 +168,10 @@ def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
     import torch
     import transformers
 
+    from embedfleet import __version__
+
     parts = {
+        "guard": [GUARD_VERSION, len(guard_corpus()), __version__],
         "spec": asdict(replace(spec, precision="fp32")),
         "files": files,
         "precision": reduced,
@@ -169,9 +200,10 @@ def _model_files(spec: ModelSpec) -> list[tuple[str, int, int]] | None:
             return None
     files = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            status = path.stat()
-            files.append((str(path.relative_to(folder)), status.st_size, status.st_mtime_ns))
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            status = path.stat()  # not .git/ or .cache/: they change without the model
+            files.append((str(relative), status.st_size, status.st_mtime_ns))
     return files
 
 

@@ -339,7 +339,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         if tokens is not None and tokens.texts is texts and tokens.query == query:
             return tokens.ids.lengths.tolist()  # this call's own texts: already tokenized
         prefix = self._prompt_text(query=query)
-        return tokenize(self.model.tokenizer, texts, prefix).lengths.tolist()
+        return tokenize(self.model.tokenizer, texts, prefix, keep_ids=False).lengths.tolist()
 
     def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
         """Tokenize the call's texts once: the counts sort and cut the batches, the

@@ -348,10 +348,22 @@ class Job:
         snapshot = self.output.snapshot(plan.snapshot or sink.new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
-        fleet = self._start_fleet(signals) if todo else None  # before the metadata: see there
+        recorded = (snapshot.run_info() or {}).get("embedding") if plan.snapshot else None
+        # the fleet first: the metadata comes from a replica (see _metadata)
+        fleet = self._start_fleet(signals) if todo or recorded is None else None
         try:
+            metadata = self._metadata(fleet, recorded)
             return self._run_planned(
-                plan, snapshot, committed, todo, fleet, progress, on_shard, signals, started
+                plan,
+                snapshot,
+                metadata,
+                committed,
+                todo,
+                fleet,
+                progress,
+                on_shard,
+                signals,
+                started,
             )
         finally:
             if fleet is not None:
@@ -381,21 +393,20 @@ class Job:
             name=f"job:{self.output.uri}",
         )
 
-    def _metadata(self, fleet: Any, snapshot: sink.Snapshot) -> dict[str, Any]:
+    def _metadata(self, fleet: Any, recorded: dict[str, Any] | None) -> dict[str, Any]:
         """What the vectors are recorded with: the function as a replica resolved it (the
-        device, precision and quality guards of where it runs; the driver loads no model),
-        or, with nothing left to embed, what the snapshot recorded when it started."""
+        device, precision and quality guards of where it runs; the driver never loads the
+        model), or, when a resumed snapshot has nothing left to embed, what it recorded."""
         if fleet is None:
-            recorded = snapshot.run_info()
-            if recorded is not None and "embedding" in recorded:
-                return dict(recorded["embedding"])
-        described = embedding_metadata(fleet if fleet is not None else self.function)
-        return {**described, "job_fingerprint": self.fingerprint}
+            assert recorded is not None
+            return dict(recorded)
+        return {**embedding_metadata(fleet), "job_fingerprint": self.fingerprint}
 
     def _run_planned(
         self,
         plan: JobPlan,
         snapshot: sink.Snapshot,
+        metadata: dict[str, Any],
         committed: dict[str, dict[str, Any]],
         todo: list[Shard],
         fleet: Any,
@@ -407,7 +418,6 @@ class Job:
         stop = signals.stop
         price, limit = plan.price, plan.token_limit
         run_id = snapshot.run_id
-        metadata = self._metadata(fleet, snapshot)
         if plan.snapshot is None:
             snapshot.start(
                 {
