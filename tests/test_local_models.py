@@ -405,3 +405,33 @@ def test_normalized_vectors_have_unit_length_in_every_precision(tmp_path, precis
     texts = [f"{'galaxy ' * (1 + index % 13)}{index}" for index in range(40)]
     norms = np.linalg.norm(np.stack(ef(texts)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+
+
+def test_a_hub_model_records_the_commit_it_was_loaded_from(tiny_model_dir, tmp_path):
+    """A branch moves; the metadata names the commit of the files in the local cache."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = (
+        "import json, sys\n"
+        "from embedfleet.embedding_functions import SentenceTransformerEmbeddingFunction\n"
+        "for revision in (None, 'main'):\n"
+        "    ef = SentenceTransformerEmbeddingFunction(\n"
+        "        'acme/tiny', revision=revision, precision='fp32', device='cpu')\n"
+        "    print(json.dumps([len(ef(['x'])[0]), ef.describe()['model_revision']]))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert lines == [[32, commit], [32, commit]]

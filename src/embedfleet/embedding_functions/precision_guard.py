@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from embedfleet.embedding_functions.local_models import ModelSpec, load_uncached
+from embedfleet.embedding_functions.local_models import ModelSpec, hub_snapshot, load_uncached
 
 logger = logging.getLogger(__name__)
 
@@ -188,15 +188,10 @@ def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
 
 def _model_files(spec: ModelSpec) -> list[tuple[str, int, int]] | None:
     """Name, size and mtime of each file of the model, or None where they are not here."""
-    folder = Path(spec.source)
+    folder: Path | None = Path(spec.source)
     if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(
-                snapshot_download(spec.source, revision=spec.revision, local_files_only=True)
-            )
-        except Exception:  # not downloaded yet (or not a hub id): measure, do not cache
+        folder = hub_snapshot(spec.source, spec.revision)
+        if folder is None:  # not downloaded yet: measure, do not keep
             return None
     files = []
     for path in sorted(folder.rglob("*")):

@@ -31,6 +31,7 @@ from embedfleet.embedding_functions.local_models import (
     ResolvedSource,
     check_device,
     check_precision,
+    hub_snapshot,
     load_model,
     resolve_device,
     resolve_precision,
@@ -203,14 +204,26 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             "device": self.resolved_device,
             "normalized": self.normalize_embeddings,
             "model_origin": source.origin,
-            "model_revision": self.revision
-            or (f"sha256:{source.weights_sha256}" if source.weights_sha256 else None),
+            "model_revision": self._model_revision(),
         }
         if self.backend == "onnx":
             described["int8_min_cosine"] = self._onnx().int8_min_cosine
         elif self._precision_min_cosine is not None:
             described["precision_min_cosine"] = round(self._precision_min_cosine, 6)
         return described
+
+    def _model_revision(self) -> str | None:
+        """What pins the weights: the packaged weights' sha256, the commit of a hub model
+        in the local cache (whatever ``revision`` named: a branch moves), else the
+        requested revision."""
+        source = self.source
+        if source.weights_sha256:
+            return f"sha256:{source.weights_sha256}"
+        if source.origin == "hugging face":
+            folder = hub_snapshot(source.source, self.revision)
+            if folder is not None:
+                return folder.name
+        return self.revision
 
     # ------------------------------------------------------------------ the model
     @property
