@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import weakref
 
 import numpy as np
@@ -18,6 +16,7 @@ from embedfleet.embedding_functions import (
     onnx_backend,
 )
 from embedfleet.errors import ConfigError, ModelError, QualityGuardError
+from tests.together import run_together
 
 LONG_TEXT = " ".join(["word"] * 100)  # over the tiny model's 64-token limit
 TEXTS = [f"{' '.join(['comet'] * (1 + index % 6))} {index}" for index in range(20)] + [LONG_TEXT]
@@ -93,35 +92,15 @@ def test_export_is_cached_under_a_key_of_the_weights(tiny_model_dir, tmp_path, c
 def test_replicas_starting_together_export_once(tiny_model_dir, tmp_path, cache):
     """Two processes reach the export at the same moment (a file barrier): one exports,
     the other waits on the lock and uses the result."""
-    script = (
-        "import logging, pathlib, sys, time\n"
-        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    setup = (
+        "import sys\n"
         "from embedfleet.embedding_functions import SentenceTransformerEmbeddingFunction\n"
         "ef = SentenceTransformerEmbeddingFunction(sys.argv[1], backend='onnx', precision='fp32')\n"
         "ef.model  # loaded: what remains is the export\n"
-        "barrier = pathlib.Path(sys.argv[2])\n"
-        "(barrier / sys.argv[3]).touch()\n"
-        "deadline = time.monotonic() + 120\n"
-        "while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        "ef.warm_up()\n"
-        "print(ef(['a comet'])[0][:3])\n"
     )
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
+    step = "ef.warm_up()\nprint(ef(['a comet'])[0][:3])\n"
     environment = {**os.environ, "EMBEDFLEET_CACHE_DIR": str(cache)}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(tiny_model_dir), str(barrier), name],
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("one", "two")
-    ]
-    outputs = [process.communicate(timeout=300) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs
+    outputs = run_together(setup, step, str(tiny_model_dir), tmp_path, environment)
     logs = "".join(error for _, error in outputs)
     assert logs.count("exported the model to") == 1, logs
     assert outputs[0][0] == outputs[1][0]

@@ -20,6 +20,7 @@ from embedfleet.embedding_functions.precision_guard import (
     guarded_precision,
 )
 from tests.tiny_models import build_tiny_sentence_transformer
+from tests.together import run_together
 
 
 @pytest.fixture
@@ -141,3 +142,21 @@ def test_a_model_that_does_not_fit_in_fp32_keeps_the_reduced_precision_unmeasure
         precision_guard._measured
     )
     assert precision_guard._cached(precision_guard._result_path(spec, "fp16")) is None
+
+
+def test_processes_starting_together_measure_once(tmp_path):
+    """A fleet's replicas reach the guard at the same moment (a file barrier): one
+    measures, the other waits on the lock and reads the kept result."""
+    model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=9)
+    setup = (
+        "import sys\n"
+        "from embedfleet.embedding_functions.local_models import ModelSpec\n"
+        "from embedfleet.embedding_functions.precision_guard import guarded_precision\n"
+        "spec = ModelSpec(sys.argv[1], None, 'cpu', 'fp32')\n"
+    )
+    step = "print(guarded_precision(spec, 'bf16'))\n"
+    environment = {**os.environ, "EMBEDFLEET_CACHE_DIR": str(tmp_path / "cache")}
+    outputs = run_together(setup, step, str(model_dir), tmp_path, environment)
+    logs = "".join(error for _, error in outputs)
+    assert logs.count("precision guard for") == 1, logs
+    assert outputs[0][0] == outputs[1][0] and "bf16" in outputs[0][0]

@@ -33,8 +33,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedfleet.embedding_functions.precision_guard import cache_dir, cosines, guard_corpus
+from embedfleet.embedding_functions.machine_cache import cache_dir, file_lock
+from embedfleet.embedding_functions.precision_guard import cosines, guard_corpus
 from embedfleet.embedding_functions.token_batches import tokenizer_lock
 from embedfleet.errors import ConfigError, MissingDependencyError, ModelError, QualityGuardError
 
@@ -186,7 +186,7 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
     if (directory / "guard.json").is_file():
         return directory
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{key}.lock") as locked:
+    with file_lock(root / f".{key}.lock") as locked:
         if (directory / "guard.json").is_file():  # exported while this process waited
             return directory
         for stale in root.glob(f".export-{key}-*") if locked else ():  # from a killed export
@@ -209,24 +209,6 @@ def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported the model to %s in %.1f s", directory, time.perf_counter() - started)
     return directory
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[bool]:
-    """An exclusive lock between processes on this machine (POSIX ``flock``); yields
-    whether it is held. Without ``fcntl`` (Windows) there is none: concurrent exports
-    each finish in their own staging directory and the first rename wins."""
-    try:
-        import fcntl
-    except ImportError:
-        yield False
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _export(model: SentenceTransformer, input_names: tuple[str, ...], path: Path) -> None:

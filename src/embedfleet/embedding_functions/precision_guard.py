@@ -31,6 +31,7 @@ import os
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from embedfleet.embedding_functions.local_models import ModelSpec, hub_snapshot, load_uncached
+from embedfleet.embedding_functions.machine_cache import cache_dir, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +50,6 @@ REDUCED_MIN_COSINE = 0.999
 GUARD_VERSION = 1
 _measured: dict[tuple[ModelSpec, str], float] = {}
 _lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """Where embedfleet keeps what it derives once per machine (exports, measurements)."""
-    configured = os.environ.get("EMBEDFLEET_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "embedfleet"
 
 
 def guard_corpus() -> list[str]:
@@ -88,15 +84,9 @@ def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float | None]
     with _lock:  # threads starting together measure once
         lowest = _measured.get(key)
         if lowest is None:
-            path = _result_path(spec, reduced)
-            lowest = _cached(path)
-            if lowest is None:
-                lowest = _measure(spec, reduced)
-                if lowest is None:  # could not be measured here: not kept, not memoised
-                    return reduced, None
-                if path is not None:
-                    result = {"min_cosine": lowest, "floor": REDUCED_MIN_COSINE}
-                    _store(path, {**result, "precision": reduced})
+            lowest = _measured_once(spec, reduced)
+            if lowest is None:  # could not be measured here: not kept, not memoised
+                return reduced, None
             _measured[key] = lowest
     if lowest >= REDUCED_MIN_COSINE:
         return reduced, lowest
@@ -109,6 +99,28 @@ def guarded_precision(spec: ModelSpec, reduced: str) -> tuple[str, float | None]
         REDUCED_MIN_COSINE,
     )
     return "fp32", lowest
+
+
+def _measured_once(spec: ModelSpec, reduced: str) -> float | None:
+    """The kept result, or a new measurement, kept. Processes starting together (a fleet's
+    replicas) take a lock beside the result: one measures, the others wait and read it."""
+    path = _result_path(spec, reduced)
+    lowest = _cached(path)
+    if lowest is not None or path is None:
+        return lowest if lowest is not None else _measure(spec, reduced)
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(path.with_suffix(".lock")))
+        except OSError:  # a read-only cache: measure, keep nothing
+            return _measure(spec, reduced)
+        lowest = _cached(path)  # measured by another process while this one waited
+        if lowest is None:
+            lowest = _measure(spec, reduced)
+            if lowest is not None:
+                result = {"min_cosine": lowest, "floor": REDUCED_MIN_COSINE}
+                _store(path, {**result, "precision": reduced})
+    return lowest
 
 
 def _measure(spec: ModelSpec, reduced: str) -> float | None:
