@@ -27,8 +27,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -105,9 +103,11 @@ def _measured_once(spec: ModelSpec, reduced: str) -> float | None:
     """The kept result, or a new measurement, kept. Processes starting together (a fleet's
     replicas) take a lock beside the result: one measures, the others wait and read it."""
     path = _result_path(spec, reduced)
+    if path is None:  # nowhere to keep it
+        return _measure(spec, reduced)
     lowest = _cached(path)
-    if lowest is not None or path is None:
-        return lowest if lowest is not None else _measure(spec, reduced)
+    if lowest is not None:
+        return lowest
     with ExitStack() as stack:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,13 +245,13 @@ def _cached(path: Path | None) -> float | None:
 
 
 def _store(path: Path, result: dict[str, Any]) -> None:
-    """Write ``result`` whole or not at all (processes may measure at the same time)."""
+    """Write ``result`` whole or not at all (a reader never sees half a file)."""
+    import fsspec
+
+    from embedfleet.output import write_bytes_atomically
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=".guard-", suffix=".json", delete=False
-        ) as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(handle.name, path)
+        data = json.dumps(result, indent=2).encode()
+        write_bytes_atomically(fsspec.filesystem("file"), str(path), data)
     except OSError as exc:  # a read-only cache only costs a measurement per process
         logger.warning("could not keep the precision guard's result in %s: %s", path, exc)
