@@ -41,10 +41,17 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One real local Ray instance for the session: 2 CPUs and 2 logical GPUs."""
+    """One real local Ray instance for the session: 2 CPUs, 2 logical GPUs and 4 units of a
+    custom node resource ``tagged_node`` (what ``ray start --resources`` gives a node)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(
+            num_cpus=2,
+            num_gpus=2,
+            resources={"tagged_node": 4},
+            include_dashboard=False,
+            logging_level="ERROR",
+        )
     yield ray
     ray.shutdown()
 

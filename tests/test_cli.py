@@ -14,7 +14,7 @@ import pytest
 
 import embedfleet
 from embedfleet.cli import EXIT_USAGE, main
-from embedfleet.output import METADATA_KEY, content_hash, read_metadata
+from embedfleet.output_format import METADATA_KEY, content_hash, read_metadata
 from embedfleet.testing import HashEmbeddingFunction
 
 HASH = ["--provider", "hash", "--config", '{"dimension": 8}']
@@ -99,7 +99,7 @@ def test_usage_errors_exit_2_with_a_message(capsys, arguments, message):
 def test_providers_lists_every_provider_and_its_status(capsys):
     assert main(["providers"]) == 0
     output = capsys.readouterr().out
-    for name in embedfleet.embedding_functions.list():
+    for name in embedfleet.embedding_functions.names():
         cls = embedfleet.embedding_functions.get(name)
         assert any(
             line.split()[:3] == [name, cls.__name__, "ready"] for line in output.splitlines()

@@ -913,7 +913,7 @@ def test_configmap_job_specs_load_and_write_to_shared_storage(name, tmp_path):
     text = configmap_files()[configmap][key]
     (tmp_path / key).write_text(text)
     spec = JobSpec.from_toml(tmp_path / key)
-    assert spec.embedding.provider in embedding_functions.list()
+    assert spec.embedding.provider in embedding_functions.names()
     for uri in (spec.source.uri, spec.output.uri):
         assert urlparse(uri).scheme in ("s3", "gs", "gcs", "az", "abfs"), (
             f"{uri}: shards are written by tasks on any pod; use object storage"

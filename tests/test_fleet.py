@@ -262,7 +262,8 @@ def test_forwarding_an_unset_variable_is_a_config_error():
 
 
 class Rendezvous(EmbeddingFunction):
-    """Each batch waits until another batch is inside the same replica at once."""
+    """Each batch waits until another batch is inside the same replica at once. It
+    declares no workload: a third-party function counts as compute (a local model)."""
 
     def __init__(self):
         super().__init__(batch_size=1)
@@ -280,19 +281,36 @@ class Rendezvous(EmbeddingFunction):
         return [[1.0] for _ in texts]
 
 
-def test_io_bound_replicas_serve_several_batches_at_once():
-    with embedfleet.remote(Rendezvous(), replicas=1, batch_size=1, name="rendezvous") as fleet:
+class WaitingRendezvous(Rendezvous):
+    """The same, declared as waiting on I/O (an API client of a third party)."""
+
+    workload = "io"
+
+
+def test_a_function_declared_io_bound_reserves_no_cpu_and_serves_batches_at_once():
+    with embedfleet.remote(
+        WaitingRendezvous(), replicas=1, batch_size=1, name="rendezvous"
+    ) as fleet:
         assert fleet.num_cpus == 0 and fleet.max_concurrency == 8
         assert len(fleet(["a", "b", "c", "d"])) == 4
 
 
-def test_local_model_replicas_run_one_batch_at_a_time():
+def test_a_third_party_function_that_declares_nothing_is_a_local_model():
+    """One CPU reserved per replica, one batch at a time (two batches never meet)."""
     with embedfleet.remote(
-        Rendezvous(), replicas=1, batch_size=1, num_cpus=0.5, name="serial", max_restarts=0
+        Rendezvous(), replicas=1, batch_size=1, name="serial", max_restarts=0
     ) as fleet:
-        assert fleet.max_concurrency == 1
+        assert fleet.num_cpus == 1 and fleet.max_concurrency == 1
         with pytest.raises(BatchFailedError, match="BrokenBarrierError"):
             fleet(["a", "b"])
+
+
+def test_an_api_provider_replica_serves_its_own_max_concurrency():
+    from embedfleet.embedding_functions import HuggingFaceEmbeddingServer
+
+    server = HuggingFaceEmbeddingServer("http://127.0.0.1:9/embed", max_concurrency=3)
+    assert server.workload == "io" and server.concurrent_batches() == 3
+    assert DefaultEmbeddingFunction().workload == "compute"
 
 
 def test_a_model_that_cannot_load_fails_the_fleet_start_not_a_batch(tmp_path):
@@ -301,12 +319,31 @@ def test_a_model_that_cannot_load_fails_the_fleet_start_not_a_batch(tmp_path):
         embedfleet.remote(broken, replicas=1, num_cpus=0, max_restarts=0, start_timeout=60)
 
 
-def test_custom_resources_pin_replicas_and_name_what_is_missing():
+def test_custom_resources_are_reserved_by_every_replica():
+    before = ray.available_resources().get("tagged_node", 0)
+    ef = HashEmbeddingFunction(dimension=4)
+    with embedfleet.remote(ef, replicas=2, resources={"tagged_node": 1.5}) as fleet:
+        assert len(fleet(["x", "y"])) == 2
+        assert ray.available_resources().get("tagged_node", 0) == before - 3
+
+
+def test_a_missing_custom_resource_is_named_with_what_the_cluster_has():
     ef = HashEmbeddingFunction(dimension=4)
     with pytest.raises(FleetStartError, match=r"asks for gpu_node=1, the cluster has 0"):
         embedfleet.remote(ef, num_cpus=0, resources={"gpu_node": 1}, start_timeout=2)
     with pytest.raises(ConfigError, match="use num_cpus / num_gpus"):
         embedfleet.remote(ef, resources={"CPU": 1})
+
+
+def test_fleets_asking_for_resources_keep_the_name_they_were_given():
+    """The resources loop once overwrote ``name``: both fleets were called 'tagged_node'
+    and the second shut the first down."""
+    ef = HashEmbeddingFunction(dimension=4)
+    first = embedfleet.remote(ef, name="job-a", resources={"tagged_node": 1})
+    second = embedfleet.remote(ef, name="job-b", resources={"tagged_node": 1})
+    with first, second:
+        assert (first.fleet_name, second.fleet_name) == ("job-a", "job-b")
+        assert len(first(["x"])) == len(second(["y"])) == 1
 
 
 def test_onnx_replicas_export_once_and_match_in_process(tiny_model_dir, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def test_quickstart_job_matches_in_process_and_reads_back_everywhere(repo_root, 
     assert result.complete and result.embedded == 240 and result.rejected == 0
     # the replicas' token counts reach the driver: every token the model ran, exactly once
     texts = [json.loads(line)["text"] for line in (repo_root / "data/sample/docs.jsonl").open()]
-    assert result.model_tokens == sum(DefaultEmbeddingFunction().count_tokens(texts))
+    assert result.model_tokens == sum(DefaultEmbeddingFunction().token_lengths(texts))
     assert result.padded_tokens >= result.model_tokens
     # the time splits into start-up, embedding and finish; steady throughput is the middle
     embedding = result.seconds - result.startup_seconds - result.finish_seconds

@@ -14,7 +14,7 @@ import pytest
 import embedfleet
 from embedfleet.cli import EXIT_LOCKED, main
 from embedfleet.job import Job, JobSpec, sink
-from embedfleet.output import content_hash
+from embedfleet.output_format import content_hash
 from tests.fakes import tei
 from tests.fakes.server import FakeServer, Fault
 

@@ -337,25 +337,31 @@ def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatc
     kept: list[int] = []
     embed_batches = SentenceTransformerEmbeddingFunction._embed_batches
 
-    def recording(self, batches, *, query):
-        kept.append(self._this_call.tokens.ids.flat.size)
-        return embed_batches(self, batches, query=query)
+    def recording(self, batches, plan):
+        kept.append(plan.state.flat.size)
+        return embed_batches(self, batches, plan)
 
     monkeypatch.setattr(SentenceTransformerEmbeddingFunction, "_embed_batches", recording)
     ef = tiny(tiny_model_dir, batch_size=4)
     book = " ".join(f"word{index % 97}" for index in range(20_000))
     texts = ["short", book, "another short text"]
     vectors = np.stack(ef(texts))
-    assert ef.stats.truncated == 1 and ef.stats.tokens == sum(ef.count_tokens(texts[::2])) + 64
+    assert ef.stats.truncated == 1 and ef.stats.tokens == sum(ef.token_lengths(texts[::2])) + 64
     assert 64 <= kept[0] <= 64 + 2 * 16  # the book's first 64 ids, plus the short texts'
     np.testing.assert_allclose(vectors, ef.model.encode(texts), rtol=1e-5, atol=1e-6)
 
 
-def test_an_on_long_error_leaves_no_token_ids_behind(tiny_model_dir):
+def test_a_call_keeps_no_token_ids_on_the_function(tiny_model_dir):
+    """A call's ids travel in its plan, never on the shared function object: neither
+    after a call nor after one that ends in an on_long error."""
+    from embedfleet.embedding_functions.token_batches import TokenIds
+
     ef = tiny(tiny_model_dir, on_long="error")
+    ef(["fine", "also fine"])
     with pytest.raises(TextTooLongError):
         ef(["fine", LONG_TEXT])
-    assert ef._this_call.tokens is None
+    held = [name for name, value in vars(ef).items() if isinstance(value, TokenIds)]
+    assert held == []
 
 
 def test_threads_sharing_one_model_get_the_vectors_of_sequential_calls(tiny_model_dir):

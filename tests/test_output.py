@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedfleet.errors import ConfigError
-from embedfleet.output import content_hash, embeddings_table, write_parquet
+from embedfleet.output_format import content_hash, embeddings_table, write_parquet
 
 
 def test_content_hash_is_sha256_of_utf8_text():

@@ -200,13 +200,12 @@ def test_token_budget_batches_bound_padded_tokens_and_keep_results_identical():
     )
 
 
-def test_last_call_counts_are_per_thread_and_per_call():
+def test_embed_counted_returns_each_calls_own_counts_under_threads():
     ef = HashEmbeddingFunction(dimension=4, max_tokens=3)
     results = {}
 
     def call(name, texts):
-        ef(texts)
-        results[name] = ef.last_call_counts()
+        results[name] = ef.embed_counted(texts)[1].as_dict()
 
     threads = [
         threading.Thread(target=call, args=("short", ["a b", "c"])),

@@ -30,7 +30,7 @@ def config_for(name: str, tiny_model_dir) -> dict:
 
 
 def test_built_in_providers_are_listed():
-    assert set(embedding_functions.list()) >= BUILT_IN
+    assert set(embedding_functions.names()) >= BUILT_IN
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_IN))
@@ -122,14 +122,14 @@ def test_third_party_entry_point_is_found_by_name(fresh_entry_points):
     )
     cls = embedding_functions.get("thirdparty")
     assert cls.__name__ == "Plugin" and issubclass(cls, EmbeddingFunction)
-    assert "thirdparty" in embedding_functions.list()
+    assert "thirdparty" in embedding_functions.names()
     assert len(embedding_functions.build("thirdparty", {"dimension": 4})(["x"])[0]) == 4
 
 
 def test_broken_entry_point_is_a_registry_error(fresh_entry_points):
     write_plugin(fresh_entry_points, "plugin_broken", "broken", "raise RuntimeError('boom')\n")
     with pytest.raises(RegistryError, match=r"cannot load .* 'broken'.*boom"):
-        embedding_functions.list()
+        embedding_functions.names()
 
 
 def test_entry_point_clashing_with_a_built_in_is_an_error(fresh_entry_points):
@@ -145,4 +145,8 @@ def test_entry_point_clashing_with_a_built_in_is_an_error(fresh_entry_points):
         """,
     )
     with pytest.raises(RegistryError, match="'hash' is already registered"):
-        embedding_functions.list()
+        embedding_functions.names()
+
+
+def test_list_is_kept_as_the_earlier_name_of_names():
+    assert embedding_functions.list() == embedding_functions.names()

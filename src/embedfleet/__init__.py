@@ -7,9 +7,8 @@
 >>> embedfleet.Job.from_toml("jobs/quickstart.toml").run()
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from embedfleet import embedding_functions, errors
+from embedfleet._version import __version__
 from embedfleet.embedding_functions import (
     Documents,
     Embedding,
@@ -41,12 +40,7 @@ from embedfleet.errors import (
 )
 from embedfleet.fleet import RemoteEmbeddingFunction, remote
 from embedfleet.job import Job, JobResult, JobSpec, read
-from embedfleet.output import embeddings_table, write_parquet
-
-try:
-    __version__ = version("embedfleet")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from embedfleet.output_format import embeddings_table, write_parquet
 
 __all__ = [
     "AuthenticationError",

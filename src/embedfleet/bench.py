@@ -96,7 +96,7 @@ def run_benchmark(
     texts = corpus(docs)
     ef = DefaultEmbeddingFunction(device=device)
     source = str(ef.source.source)
-    counts = ef.count_tokens(texts)
+    counts = ef.token_lengths(texts)
     limit = ef.max_tokens() or max(counts)
     tokens = sum(min(count, limit) for count in counts)
     rows: list[dict[str, Any]] = []

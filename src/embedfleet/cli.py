@@ -19,13 +19,14 @@ from pathlib import Path
 
 import fsspec
 
-from embedfleet import __version__, embedding_functions
+from embedfleet import embedding_functions
+from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
 from embedfleet.job.runner import vector_rows
 from embedfleet.job.sink import Output
 from embedfleet.job.spec import MODES
-from embedfleet.output import embedding_metadata, embeddings_table, write_parquet
+from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
 from embedfleet.pricing import format_cost
 
 EXIT_OK = 0
@@ -380,7 +381,7 @@ def read_documents(uri: str, text_field: str, id_field: str) -> tuple[list[str],
 
 def _providers(arguments: argparse.Namespace) -> int:
     rows = [("NAME", "CLASS", "STATUS", "NEEDS")]
-    for name in embedding_functions.list():
+    for name in embedding_functions.names():
         cls = embedding_functions.get(name)
         missing = cls.missing_requirements()
         rows.append(

@@ -2,7 +2,7 @@
 
 >>> from embedfleet import embedding_functions
 >>> ef = embedding_functions.DefaultEmbeddingFunction()
->>> embedding_functions.list()            # registered provider names
+>>> embedding_functions.names()           # registered provider names
 >>> embedding_functions.build("hash", {"dimension": 8})
 """
 
@@ -17,6 +17,7 @@ from embedfleet.embedding_functions.base import (
 )
 from embedfleet.embedding_functions.cohere import CohereEmbeddingFunction
 from embedfleet.embedding_functions.google import GoogleGenerativeAiEmbeddingFunction
+from embedfleet.embedding_functions.hash import HashEmbeddingFunction
 from embedfleet.embedding_functions.http import HttpEmbeddingFunction
 from embedfleet.embedding_functions.huggingface import HuggingFaceEmbeddingFunction
 from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
@@ -26,7 +27,7 @@ from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
     build,
     get,
-    list,
+    names,
     register,
     register_with_chroma,
 )
@@ -35,7 +36,9 @@ from embedfleet.embedding_functions.sentence_transformer import (
     InstructorEmbeddingFunction,
     SentenceTransformerEmbeddingFunction,
 )
-from embedfleet.testing import HashEmbeddingFunction
+
+#: ``embedding_functions.list()``: the name earlier releases documented for :func:`names`.
+list = names
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -59,6 +62,7 @@ __all__ = [
     "build",
     "get",
     "list",
+    "names",
     "register",
     "register_with_chroma",
     "validate_documents",

@@ -9,7 +9,8 @@ here so that every provider behaves the same:
   index; an empty list returns ``[]`` without touching the model);
 * identical texts within one call are embedded once;
 * texts are sorted by length before batching, so padding stays small, the
-  batches run longest first, and the vectors are put back in input order;
+  batches run longest first, and the vectors are put back in input order
+  (:mod:`~embedfleet.embedding_functions.batching`);
 * output validation: a wrong count, a changing dimension or a non-finite value
   raises :class:`~embedfleet.errors.EmbeddingOutputError`, never a ``None``;
 * ``get_config()`` / ``build_from_config()`` round-trip through the
@@ -29,28 +30,30 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeAlias
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from embedfleet.errors import (
-    ConfigError,
-    EmbeddingOutputError,
-    InvalidInputError,
-    TextTooLongError,
+from embedfleet.embedding_functions.batching import (
+    CallCounts,
+    CallPlan,
+    cut_batches,
+    deduplicate,
+    enforce_limit,
 )
+from embedfleet.errors import ConfigError, EmbeddingOutputError, InvalidInputError
 
 Documents: TypeAlias = list[str]
 Embedding: TypeAlias = npt.NDArray[np.float32]
 Embeddings: TypeAlias = list[Embedding]
+#: What a function spends its time on; see :attr:`EmbeddingFunction.workload`.
+Workload: TypeAlias = Literal["compute", "io"]
 
 DEFAULT_BATCH_SIZE = 32
-#: Token-budget batches are also cut where padding would pass this many padded tokens
-#: per real token, once they hold MIN_TOKEN_BATCH texts.
-MAX_PADDING = 1.10
-MIN_TOKEN_BATCH = 16
+#: Batches an I/O-bound function serves at once in a fleet replica, unless it says.
+DEFAULT_IO_CONCURRENCY = 8
 ON_LONG_CHOICES = ("truncate", "error")
 
 
@@ -64,11 +67,33 @@ class EmbeddingStats:
     truncated: int = 0  # texts cut to the model's token limit
     tokens: int = 0  # tokens of the texts embedded, where the function counts them
     padded_tokens: int = 0  # tokens the model ran, padding included (batch x longest)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def padding_waste(self) -> float:
         """Padded tokens per real token (1.0: no padding); 0 when nothing was counted."""
         return self.padded_tokens / self.tokens if self.tokens else 0.0
+
+    def record(
+        self, counts: CallCounts, *, calls: int = 0, documents: int = 0, embedded: int = 0
+    ) -> None:
+        """Add one call's counts (safe from several threads)."""
+        with self._lock:
+            self.calls += calls
+            self.documents += documents
+            self.embedded += embedded
+            self.truncated += counts.truncated
+            self.tokens += counts.tokens
+            self.padded_tokens += counts.padded_tokens
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,13 @@ class EmbeddingFunction(ABC):
     provider_name: ClassVar[str] = ""
     #: Modules the provider imports lazily; ``embedfleet providers`` checks them.
     requirements: ClassVar[tuple[Requirement, ...]] = ()
+    #: What a call spends its time on, read by fleets to place replicas:
+    #: ``"compute"``: a model on this machine's CPU or GPU (a fleet replica reserves a
+    #: CPU and runs one batch at a time); ``"io"``: waiting on a remote service (no
+    #: CPU reserved, :meth:`concurrent_batches` batches at once). A function that does
+    #: not say is ``"compute"``: reserving a core never oversubscribes a machine, while
+    #: a model run as ``"io"`` would share its cores with everything else.
+    workload: ClassVar[Workload] = "compute"
     #: Cut batches by padded tokens (batch size x longest text) instead of by count;
     #: None: ``batch_size`` texts per batch. Local models set it (``max_batch_tokens``).
     max_batch_tokens: int | None = None
@@ -130,9 +162,6 @@ class EmbeddingFunction(ABC):
         self.on_long = on_long
         self.stats = EmbeddingStats()
         self._dimension: int | None = None
-        self._counted_tokens = False  # whether the last call's sort keys were token counts
-        self._stats_lock = threading.Lock()
-        self._this_call = threading.local()  # per-thread counts of the current call
         make_known_to_chroma(type(self))
 
     @classmethod
@@ -155,11 +184,19 @@ class EmbeddingFunction(ABC):
 
     # ------------------------------------------------------------------ public calls
     def __call__(self, input: Documents | str) -> Embeddings:
-        return self._embed_all(validate_documents(input), query=False)
+        return self._embed_all(validate_documents(input), query=False)[0]
 
     def embed_query(self, input: Documents | str) -> Embeddings:
         """Embed search queries (prompted or typed differently where the model wants it)."""
-        return self._embed_all(validate_documents(input), query=True)
+        return self._embed_all(validate_documents(input), query=True)[0]
+
+    def embed_counted(
+        self, input: Documents | str, *, query: bool = False
+    ) -> tuple[Embeddings, CallCounts]:
+        """The vectors, and what this call alone added to :attr:`stats` (truncated
+        texts, tokens, padded tokens): exact while other threads call the same
+        function (a fleet replica reports them to the driver)."""
+        return self._embed_all(validate_documents(input), query=query)
 
     def embed_with_retries(self, input: Documents | str, **retry_kwargs: Any) -> Embeddings:
         """Chroma protocol member: ``__call__`` under tenacity's ``retry(**retry_kwargs)``.
@@ -171,21 +208,32 @@ class EmbeddingFunction(ABC):
         return retry(**retry_kwargs)(self.__call__)(input)  # type: ignore[no-any-return]
 
     @property
+    def known_dimension(self) -> int | None:
+        """The vector size if known without computing anything (declared, or seen in an
+        earlier call); None otherwise."""
+        return self._dimension
+
+    @property
     def dimension(self) -> int | None:
         """Vector size: known up front for most models, else after the first call."""
-        return self._dimension
+        return self.known_dimension
 
     def max_tokens(self) -> int | None:
         """The model's token limit per text, where it has one."""
         return None
 
-    def count_tokens(self, texts: Documents, *, query: bool = False) -> list[int] | None:
+    def token_lengths(self, texts: Documents, *, query: bool = False) -> list[int] | None:
         """Tokens each text takes as the model sees it (prompt included), if knowable.
 
-        Providers that can count override this; the base uses the counts to sort
-        batches by length and to enforce ``on_long``.
+        Providers that can count override this; the counts sort batches by length
+        and enforce ``on_long``. None: sort by characters, no limit enforced here.
         """
         return None
+
+    def concurrent_batches(self) -> int:
+        """Batches a fleet replica of this function serves at once: one for
+        ``"compute"``, :data:`DEFAULT_IO_CONCURRENCY` for ``"io"`` unless overridden."""
+        return 1 if self.workload == "compute" else DEFAULT_IO_CONCURRENCY
 
     # ------------------------------------------------------------------ config
     @staticmethod
@@ -246,122 +294,55 @@ class EmbeddingFunction(ABC):
         return f"{type(self).__name__}({arguments})"
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the lock (cloudpickle ships custom functions to replicas)."""
-        state = dict(self.__dict__)
-        state.pop("_stats_lock", None)
-        state.pop("_this_call", None)
-        return state
+        """Pickle the attributes (subclasses drop what stays in its process: models,
+        clients, locks); cloudpickle ships custom functions to replicas."""
+        return dict(self.__dict__)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._stats_lock = threading.Lock()
-        self._this_call = threading.local()
 
     # ------------------------------------------------------------------ shared machinery
-    def _embed_all(self, texts: Documents, *, query: bool) -> Embeddings:
+    def _embed_all(self, texts: Documents, *, query: bool) -> tuple[Embeddings, CallCounts]:
         if not texts:
-            return []
-        self._this_call.counts = {}
-        unique_texts, positions, first_seen = _deduplicate(texts)
-        lengths = self._lengths(unique_texts, first_seen, query=query)
-        order = sorted(range(len(unique_texts)), key=lengths.__getitem__)
-        vectors: list[Embedding | None] = [None] * len(unique_texts)
+            return [], CallCounts()
+        unique_texts, positions, first_seen = deduplicate(texts)
+        plan = self.plan_call(unique_texts, query=query)
+        enforce_limit(plan, self.max_tokens(), self.on_long, first_seen, type(self).__name__)
+        limit = self.max_tokens() if plan.counted else None
         # Cut shortest first, run longest first: memory peaks with the first batch and
-        # later batches reuse it (the allocator keeps what was freed; shortest first
-        # retained twice as much), a batch too big for the device fails before the rest
-        # of the work is done, and a fleet's replicas end on short batches together.
-        batch_indices = self._cut_batches(order, lengths)[::-1]
+        # later batches reuse it (the allocator keeps what was freed), a batch too big
+        # for the device fails before the rest of the work is done, and a fleet's
+        # replicas end on short batches together.
+        batch_indices = cut_batches(plan, self.batch_size, self.max_batch_tokens, limit)[::-1]
         batches = [[unique_texts[index] for index in indices] for indices in batch_indices]
-        for indices, output in zip(
-            batch_indices, self._embed_batches(batches, query=query), strict=True
-        ):
+        vectors: list[Embedding | None] = [None] * len(unique_texts)
+        for indices, output in zip(batch_indices, self._embed_batches(batches, plan), strict=True):
             matrix = self._check_output(output, [first_seen[index] for index in indices])
             for row, index in enumerate(indices):
                 vectors[index] = matrix[row]
-        with self._stats_lock:
-            self.stats.calls += 1
-            self.stats.documents += len(texts)
-            self.stats.embedded += len(unique_texts)
-        return [vectors[position] for position in positions]  # type: ignore[misc]
+        self.stats.record(plan.counts, calls=1, documents=len(texts), embedded=len(unique_texts))
+        return [vectors[position] for position in positions], plan.counts  # type: ignore[misc]
 
-    def _cut_batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Consecutive runs of ``order`` (shortest first): ``batch_size`` texts each, or,
-        with ``max_batch_tokens`` and token counts, at most ``batch_size`` texts that keep
-        batch x longest text within the budget (at least one) and, past
-        ``MIN_TOKEN_BATCH`` texts, padding under ``MAX_PADDING``. Counts padding when
-        lengths are tokens."""
-        budget = self.max_batch_tokens if self._counted_tokens else None
-        limit = self.max_tokens() if self._counted_tokens else None
-        if limit:  # the model runs at most ``limit`` tokens of a longer text
-            lengths = [min(length, limit) for length in lengths]
-        if budget is None:
-            batches = [
-                order[start : start + self.batch_size]
-                for start in range(0, len(order), self.batch_size)
-            ]
-        else:
-            batches, current, real = [], [], 0
-            for index in order:
-                padded = (len(current) + 1) * lengths[index]
-                over_budget = current and (padded > budget or len(current) >= self.batch_size)
-                too_padded = len(current) >= MIN_TOKEN_BATCH and padded > MAX_PADDING * (
-                    real + lengths[index]
-                )
-                if over_budget or too_padded:
-                    batches.append(current)
-                    current, real = [], 0
-                current.append(index)
-                real += lengths[index]
-            batches.append(current)
-        if self._counted_tokens:
-            self._count(
-                tokens=sum(lengths[index] for index in order),
-                padded_tokens=sum(len(batch) * lengths[batch[-1]] for batch in batches),
-            )
-        return batches
+    def plan_call(self, texts: Documents, *, query: bool) -> CallPlan:
+        """Sort keys for one call's unique texts: token counts where the function can
+        count them (:meth:`token_lengths`), else characters. Functions that learn
+        more while counting (token ids) keep it in the plan's ``state``."""
+        counts = self.token_lengths(texts, query=query)
+        if counts is None:
+            return CallPlan(texts, query, [len(text) for text in texts], counted=False)
+        return CallPlan(texts, query, list(counts), counted=True)
 
-    def _count(self, **amounts: int) -> None:
-        """Add to ``stats`` and to this thread's counts for the current call."""
-        with self._stats_lock:
-            for name, amount in amounts.items():
-                setattr(self.stats, name, getattr(self.stats, name) + amount)
-        counts = self._this_call.__dict__.setdefault("counts", {})
-        for name, amount in amounts.items():
-            counts[name] = counts.get(name, 0) + amount
-
-    def last_call_counts(self) -> dict[str, int]:
-        """What this thread's latest call added to ``stats`` (truncated, tokens,
-        padded_tokens): exact even while other threads call the same function."""
-        return dict(self._this_call.__dict__.get("counts", {}))
-
-    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+    def _embed_batches(self, batches: list[Documents], plan: CallPlan) -> Iterator[Any]:
         """One output per batch, in order. In-process: one after the other; a fleet
         overrides this to spread batches over its replicas."""
         for batch in batches:
-            yield self.embed_batch(batch, query=query)
+            yield self.embed_batch(batch, query=plan.query)
 
     def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to load
         """Load what the first call would (a model), so start-up errors surface early."""
 
     def set_num_threads(self, threads: int) -> None:  # noqa: B027 - most providers have none
         """Limit the compute threads this function uses (a fleet replica's CPU share)."""
-
-    def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
-        """Sort keys for batching; enforces ``on_long`` and counts truncations."""
-        limit = self.max_tokens()
-        counts = self.count_tokens(texts, query=query)
-        self._counted_tokens = counts is not None
-        if counts is None or limit is None:
-            return counts if counts is not None else [len(text) for text in texts]
-        over = [index for index, count in enumerate(counts) if count > limit]
-        if over and self.on_long == "error":
-            first = min(over, key=first_seen.__getitem__)
-            raise TextTooLongError(
-                f"document at index {first_seen[first]} is {counts[first]} tokens long; "
-                f"{type(self).__name__} accepts at most {limit} (on_long='truncate' cuts it)"
-            )
-        self._count(truncated=len(over))
-        return counts
 
     def _check_output(self, output: Any, input_indices: list[int]) -> npt.NDArray[np.float32]:
         """Validate one batch's vectors; ``input_indices`` name its texts in error messages."""
@@ -405,17 +386,3 @@ def make_known_to_chroma(cls: type[EmbeddingFunction]) -> None:
     name = cls.name()
     if chroma is not None and isinstance(name, str):
         chroma.known_embedding_functions.setdefault(name, cls)
-
-
-def _deduplicate(texts: Documents) -> tuple[Documents, list[int], list[int]]:
-    """Unique texts in first-seen order, each input's position among them, and
-    the input index where each unique text first appears."""
-    index_of: dict[str, int] = {}
-    first_seen: list[int] = []
-    positions = []
-    for input_index, text in enumerate(texts):
-        position = index_of.setdefault(text, len(index_of))
-        if position == len(first_seen):
-            first_seen.append(input_index)
-        positions.append(position)
-    return list(index_of), positions, first_seen

@@ -42,6 +42,7 @@ from embedfleet.embedding_functions.base import (
     EmbeddingFunction,
     Requirement,
 )
+from embedfleet.embedding_functions.batching import CallPlan
 from embedfleet.errors import (
     AuthenticationError,
     BadRequestError,
@@ -87,6 +88,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
     """
 
     requirements = (Requirement("httpx", API_INSTALL_HINT),)
+    workload = "io"  # waits on the provider: replicas reserve no CPU
     #: The provider's documented limit of inputs in one request.
     max_inputs_per_request: ClassVar[int] = 96
     #: The provider's documented limit of tokens summed over one request, if any.
@@ -171,10 +173,15 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         )
 
     # ------------------------------------------------------------------ embedding
-    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+    def concurrent_batches(self) -> int:
+        """A fleet replica serves as many batches at once as requests are kept in flight."""
+        return self.max_concurrency
+
+    def _embed_batches(self, batches: list[Documents], plan: CallPlan) -> Iterator[Any]:
         """Batches of one call go out ``max_concurrency`` at a time, results in order."""
+        query = plan.query
         if len(batches) == 1 or self.max_concurrency == 1:
-            yield from super()._embed_batches(batches, query=query)
+            yield from super()._embed_batches(batches, plan)
             return
         workers = min(self.max_concurrency, len(batches))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="embedfleet-http")
@@ -188,7 +195,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
     def max_tokens(self) -> int | None:
         return self.max_tokens_per_input
 
-    def count_tokens(self, texts: Documents, *, query: bool = False) -> list[int] | None:
+    def token_lengths(self, texts: Documents, *, query: bool = False) -> list[int] | None:
         return self.request_tokens(texts) if self.max_tokens_per_input else None
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> list[Any]:

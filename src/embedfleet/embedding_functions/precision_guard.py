@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from embedfleet._version import __version__
+from embedfleet.atomic_files import write_bytes_atomically
 from embedfleet.embedding_functions.local_models import ModelSpec, hub_snapshot, load_uncached
 from embedfleet.embedding_functions.machine_cache import cache_dir, file_lock
 
@@ -180,8 +182,6 @@ def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
     import torch
     import transformers
 
-    from embedfleet import __version__
-
     parts = {
         "guard": [GUARD_VERSION, len(guard_corpus()), __version__],
         "spec": asdict(replace(spec, precision="fp32")),
@@ -247,8 +247,6 @@ def _cached(path: Path | None) -> float | None:
 def _store(path: Path, result: dict[str, Any]) -> None:
     """Write ``result`` whole or not at all (a reader never sees half a file)."""
     import fsspec
-
-    from embedfleet.output import write_bytes_atomically
 
     try:
         data = json.dumps(result, indent=2).encode()

@@ -123,7 +123,7 @@ def build(name: str, config: dict[str, Any] | None = None) -> EmbeddingFunction:
     return get(name).build_from_config(dict(config or {}))
 
 
-def list() -> list[str]:
+def names() -> list[str]:
     """Every registered provider name, sorted."""
     _load_entry_points()
     with _lock:

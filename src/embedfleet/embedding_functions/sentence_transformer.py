@@ -12,7 +12,6 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from embedfleet.embedding_functions.base import (
     Requirement,
     check_positive_int,
 )
+from embedfleet.embedding_functions.batching import CallPlan
 from embedfleet.embedding_functions.local_models import (
     DEFAULT_MODEL_NAME,
     LOCAL_INSTALL_HINT,
@@ -88,15 +88,6 @@ def check_backend(backend: str, device: str, precision: str) -> None:
         raise ConfigError(
             f"backend='onnx' runs on the CPU; use backend='torch' for device={device!r}"
         )
-
-
-@dataclass(frozen=True)
-class _CallTokens:
-    """The token ids of one call's texts, kept from counting until its batches run."""
-
-    texts: Documents
-    query: bool
-    ids: TokenIds
 
 
 @register("sentence_transformer")
@@ -347,14 +338,11 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         resolved = self.model._resolve_prompt(selection.get("prompt"), selection.get("prompt_name"))
         return resolved or ""
 
-    def count_tokens(self, texts: Documents, *, query: bool = False) -> list[int] | None:
-        tokens = getattr(self._this_call, "tokens", None)
-        if tokens is not None and tokens.texts is texts and tokens.query == query:
-            return tokens.ids.lengths.tolist()  # this call's own texts: already tokenized
+    def token_lengths(self, texts: Documents, *, query: bool = False) -> list[int] | None:
         prefix = self._prompt_text(query=query)
         return tokenize(self.model.tokenizer, texts, prefix, keep_ids=False).lengths.tolist()
 
-    def _lengths(self, texts: Documents, first_seen: list[int], *, query: bool) -> list[int]:
+    def plan_call(self, texts: Documents, *, query: bool) -> CallPlan:
         """Tokenize the call's texts once: the counts sort and cut the batches, the
         ids, kept cut to the model's limit, become the batches' inputs (see
         :meth:`_embed_batches`; none are kept where batches fall back to ``preprocess``)."""
@@ -368,22 +356,16 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             max_length=self.model.max_seq_length,
             keep_ids=checked is not None,
         )
-        self._this_call.tokens = _CallTokens(texts, query, ids)
-        try:
-            return super()._lengths(texts, first_seen, query=query)
-        except BaseException:  # on_long="error": the call ends here; keep no ids
-            self._this_call.tokens = None
-            raise
+        state = ids if checked is not None else None
+        return CallPlan(texts, query, ids.lengths.tolist(), counted=True, state=state)
 
-    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
+    def _embed_batches(self, batches: list[Documents], plan: CallPlan) -> Iterator[Any]:
         """Build each batch's inputs from the ids tokenized once for the call (or, where
         that cannot reproduce the model's own preprocessing, with ``preprocess``) on a
         helper thread while the model runs the previous batch (numpy, the tokenizer and
         torch release the GIL); then the same steps as ``encode``: forward, normalize,
         to CPU float32."""
-        tokens = getattr(self._this_call, "tokens", None)
-        self._this_call.tokens = None
-        features = self._batch_features(query, tokens if tokens and tokens.query == query else None)
+        features = self._batch_features(plan.query, plan)
         if len(batches) == 1:
             yield self._forward(features(batches[0]))
             return
@@ -399,9 +381,10 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _batch_features(
-        self, query: bool, tokens: _CallTokens | None
+        self, query: bool, plan: CallPlan | None
     ) -> Callable[[Documents], dict[str, Any]]:
-        """A function from a batch of texts to the model's input features."""
+        """A function from a batch of texts to the model's input features (from the ids
+        kept in ``plan`` for the texts it planned)."""
         model = self.model
         prefix = self._prompt_text(query=query)
         prompt = prefix or None
@@ -410,12 +393,13 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
             return lambda batch: self._preprocess(batch, prompt)
         layout, extras = checked
         limit = model.max_seq_length
-        index = {text: row for row, text in enumerate(tokens.texts)} if tokens else {}
+        tokens: TokenIds | None = plan.state if plan is not None else None
+        index = {text: row for row, text in enumerate(plan.texts)} if tokens is not None else {}
 
         def features(batch: Documents) -> dict[str, Any]:
             rows = [index.get(text) for text in batch]
             if tokens is not None and None not in rows:
-                ids = [tokens.ids.row(row) for row in rows]  # type: ignore[arg-type]
+                ids = [tokens.row(row) for row in rows]  # type: ignore[arg-type]
             else:  # texts this call did not count (a direct embed of a batch)
                 fresh = tokenize(model.tokenizer, batch, prefix)
                 ids = [fresh.row(row) for row in range(len(batch))]

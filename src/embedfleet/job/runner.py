@@ -43,7 +43,12 @@ from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
 from embedfleet.job import incremental, sink, sources
 from embedfleet.job.sources import Shard, ShardRows
 from embedfleet.job.spec import JobSpec
-from embedfleet.output import METADATA_KEY, content_hash, embedding_metadata, embeddings_table
+from embedfleet.output_format import (
+    METADATA_KEY,
+    content_hash,
+    embedding_metadata,
+    embeddings_table,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,9 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
+from embedfleet.atomic_files import copy_atomically, write_bytes_atomically
 from embedfleet.errors import ConfigError, LockedError
-from embedfleet.output import copy_atomically, parquet_bytes, write_bytes_atomically
+from embedfleet.output_format import parquet_bytes
 
 LATEST = "_latest"
 LOCK = "_lock"

@@ -25,129 +25,55 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import (
+    DEFAULT_IO_CONCURRENCY,
     Documents,
     EmbeddingFunction,
     Embeddings,
     validate_documents,
 )
-from embedfleet.errors import (
-    BatchFailedError,
-    ConfigError,
-    FleetError,
-    FleetStartError,
-    MissingDependencyError,
+from embedfleet.embedding_functions.batching import CallPlan
+from embedfleet.errors import BatchFailedError, ConfigError, FleetError, FleetStartError
+from embedfleet.fleet import live_fleets
+from embedfleet.fleet.replica import (
+    FunctionSpec,
+    Replica,
+    kill_actors,
+    require_ray,
+    startup_failure,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("embedfleet.fleet")
 
-RAY_INSTALL_HINT = 'pip install "embedfleet[ray]"'
-DEFAULT_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """How a replica rebuilds the function: by registry name + config, or a pickle."""
-
-    provider: str | None
-    config: dict[str, Any] | None
-    pickled: bytes | None = None
-
-    @classmethod
-    def of(cls, function: Any) -> FunctionSpec:
-        if isinstance(function, EmbeddingFunction) and function.provider_name:
-            try:
-                registered = registry.get(function.provider_name)
-            except KeyError:
-                registered = None
-            if registered is type(function):
-                return cls(function.provider_name, function.get_config())
-        import cloudpickle
-
-        try:
-            return cls(None, None, cloudpickle.dumps(function))
-        except Exception as exc:
-            raise ConfigError(
-                f"{type(function).__name__} is not registered and cannot be pickled ({exc}); "
-                "register it with @embedding_functions.register(name) so replicas can "
-                "build it from its config"
-            ) from exc
-
-    def build(self) -> Any:
-        if self.pickled is not None:
-            import cloudpickle
-
-            return cloudpickle.loads(self.pickled)
-        assert self.provider is not None
-        return registry.build(self.provider, self.config)
-
-
-class Replica:
-    """The actor: one embedding function, built on the worker."""
-
-    def __init__(self, spec: FunctionSpec, threads: int | None) -> None:
-        self.function = spec.build()
-        if isinstance(self.function, EmbeddingFunction):
-            if threads:
-                self.function.set_num_threads(threads)
-            self.function.warm_up()  # a model that cannot load fails the start, not a batch
-
-    def ready(self) -> dict[str, Any]:
-        import ray
-
-        return {
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "torch_threads": _torch_threads(),
-        }
-
-    def embed(self, texts: Documents, query: bool) -> tuple[np.ndarray, int]:
-        """Vectors for one batch, and what it added to the function's counters
-        (truncated texts, tokens, padded tokens), for the driver's ``stats``."""
-        function = self.function
-        if not isinstance(function, EmbeddingFunction):
-            call = getattr(function, "embed_query", function) if query else function
-            return np.asarray(call(texts), dtype=np.float32), {}
-        vectors = function.embed_query(texts) if query else function(texts)
-        return np.stack(vectors), function.last_call_counts()  # exact under concurrency
-
-    def describe(self) -> dict[str, Any]:
-        function = self.function
-        return function.describe() if isinstance(function, EmbeddingFunction) else {}
-
-
-_live_fleets: dict[str, weakref.ref[RemoteEmbeddingFunction]] = {}
-_live_lock = threading.Lock()
+#: Texts per batch a fleet sends a replica (at least the function's own batch size):
+#: replicas sort and cut within it, so it is wider than an in-process batch.
+FLEET_BATCH_SIZE = 64
 
 
 class RemoteEmbeddingFunction(EmbeddingFunction):
     """Run ``function`` as ``replicas`` Ray actors: a drop-in replacement for it.
 
-    ``num_cpus`` defaults to 1 for local models and 0 for functions with no
-    compute of their own; such replicas also run ``max_concurrency`` batches at
-    once (default: the API provider's own ``max_concurrency``, else 8), local
-    models one. API keys are read from each worker's own environment;
-    ``forward_env`` (opt-in) copies the named variables from this process to the
-    replicas through Ray's runtime environment, where Ray's dashboard and logs
-    show them. A fleet created under the same ``name`` in this
-    process replaces the previous one (re-running a notebook cell never leaks
-    actors). ``address`` (or ``RAY_ADDRESS``) joins a running cluster; without
-    either, a local Ray instance is started. ``resources`` asks each replica for
-    custom node resources (``{"gpu_node": 1}``), which pins replicas to the nodes
-    started with them (``ray start --resources``).
+    The function's declared :attr:`~EmbeddingFunction.workload` sets the defaults:
+    ``"compute"`` (local models, and functions that do not declare one) reserves
+    ``num_cpus=1`` per replica and runs one batch at a time; ``"io"`` (API
+    providers) reserves no CPU and runs :meth:`~EmbeddingFunction.concurrent_batches`
+    batches at once (an API provider's ``max_concurrency``).
+
+    API keys are read from each worker's own environment; ``forward_env`` (opt-in)
+    copies the named variables from this process to the replicas through Ray's
+    runtime environment, where Ray's dashboard and logs show them. A fleet created
+    under the same ``name`` in this process replaces the previous one (re-running a
+    notebook cell never leaks actors). ``address`` (or ``RAY_ADDRESS``) joins a
+    running cluster; without either, a local Ray instance is started. ``resources``
+    asks each replica for custom node resources (``{"gpu_node": 1}``), which pins
+    replicas to the nodes started with them (``ray start --resources``).
     """
 
     def __init__(
@@ -180,26 +106,25 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if num_gpus < 0 or (num_cpus is not None and num_cpus < 0):
             raise ConfigError("num_cpus and num_gpus must not be negative")
         self.resources = dict(resources or {})
-        for name, amount in self.resources.items():
-            if name in ("CPU", "GPU") or not isinstance(amount, int | float) or amount <= 0:
+        for resource, amount in self.resources.items():
+            if resource in ("CPU", "GPU") or not isinstance(amount, int | float) or amount <= 0:
                 raise ConfigError(
                     f"resources must map custom resource names to positive amounts (use "
-                    f"num_cpus / num_gpus for CPU and GPU), got {name!r}: {amount!r}"
+                    f"num_cpus / num_gpus for CPU and GPU), got {resource!r}: {amount!r}"
                 )
         inner_batch = getattr(function, "batch_size", None)
-        super().__init__(batch_size=batch_size or max(DEFAULT_BATCH_SIZE, inner_batch or 0))
+        super().__init__(batch_size=batch_size or max(FLEET_BATCH_SIZE, inner_batch or 0))
         self._function = function
         self.replicas = replicas
-        self.num_cpus = _default_num_cpus(function) if num_cpus is None else num_cpus
+        compute = workload_of(function) == "compute"
+        self.num_cpus = (1.0 if compute else 0.0) if num_cpus is None else num_cpus
         self.num_gpus = num_gpus
-        # I/O-bound functions (no CPU of their own) serve several batches at once: as many
-        # as an API provider keeps requests in flight (its own max_concurrency), else 8.
-        io_bound = getattr(function, "max_concurrency", None) or 8
-        self.max_concurrency = max_concurrency or (1 if self.num_cpus or num_gpus else io_bound)
+        self.max_concurrency = max_concurrency or concurrent_batches_of(function)
         self.max_pending_per_replica = max(max_pending_per_replica, self.max_concurrency)
         self.fleet_name = name or getattr(function, "provider_name", "") or type(function).__name__
         self._spec = FunctionSpec.of(function)
-        self._dimension = getattr(function, "_dimension", None)
+        if isinstance(function, EmbeddingFunction):
+            self._dimension = function.known_dimension
         self._actors: list[Any] = []
         self._outstanding = [0] * replicas
         self._balance_lock = threading.Lock()
@@ -210,12 +135,12 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if missing:
             raise ConfigError(f"forward_env names unset environment variables: {missing}")
 
-        ray = _ray()
+        ray = require_ray()
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        _replace_live_fleet(self.fleet_name, self)
+        live_fleets.replace(self.fleet_name, self)
         self._start(ray, start_timeout, max_restarts)
-        self._finalizer = weakref.finalize(self, _kill_actors, list(self._actors))
+        self._finalizer = weakref.finalize(self, kill_actors, list(self._actors))
 
     # ------------------------------------------------------------------ start / stop
     def _start(self, ray: Any, start_timeout: float, max_restarts: int) -> None:
@@ -246,11 +171,11 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 except ray.exceptions.RayActorError as exc:
                     raise FleetStartError(
                         f"replica {index} of {self.fleet_name!r} failed to start: "
-                        f"{_startup_failure(exc)}"
+                        f"{startup_failure(exc)}"
                     ) from exc
             self.placement = placement
         except FleetStartError:
-            _kill_actors(self._actors)
+            kill_actors(self._actors)
             self._actors = []
             raise
 
@@ -275,6 +200,11 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if self._owner and self._actors:
             self._finalizer()
         self._actors = []
+
+    @property
+    def running(self) -> bool:
+        """Whether this fleet still has its actors (not shut down or replaced)."""
+        return bool(self._actors)
 
     def __enter__(self) -> RemoteEmbeddingFunction:
         return self
@@ -320,7 +250,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         """The wrapped function's description, as resolved on a replica. Where replicas
         resolved it differently (a mixed cluster: another device, or a precision guard
         that fails on one kind of hardware), a warning names what differs."""
-        ray = _ray()
+        ray = require_ray()
         described = ray.get([actor.describe.remote() for actor in self._live_actors()])
         first = described[0]
         differ = sorted(
@@ -348,7 +278,10 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         )
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
-        return next(iter(self._embed_batches([texts], query=query)))
+        plan = CallPlan(list(texts), query, [], counted=False)
+        output = next(iter(self._embed_batches([texts], plan)))
+        self.stats.record(plan.counts)
+        return output
 
     def map(
         self, batches: Iterable[Documents | str], *, query: bool = False
@@ -357,7 +290,8 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         batches are still in flight on the replicas."""
         checked = [validate_documents(batch) for batch in batches]
         work = [batch for batch in checked if batch]
-        outputs = self._embed_batches(work, query=query)
+        plan = CallPlan([text for batch in work for text in batch], query, [], counted=False)
+        outputs = self._embed_batches(work, plan)
         offset = 0
         for batch in checked:
             if not batch:
@@ -366,6 +300,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             indices = list(range(offset, offset + len(batch)))
             offset += len(batch)
             yield list(self._check_output(next(outputs), indices))
+        self.stats.record(plan.counts)
 
     # ------------------------------------------------------------------ dispatch
     def _live_actors(self) -> list[Any]:
@@ -373,9 +308,11 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             raise FleetError(f"fleet {self.fleet_name!r} is shut down")
         return self._actors
 
-    def _embed_batches(self, batches: list[Documents], *, query: bool) -> Iterator[Any]:
-        """Spread batches over replicas, least outstanding first; yield in order."""
-        ray = _ray()
+    def _embed_batches(self, batches: list[Documents], plan: CallPlan) -> Iterator[Any]:
+        """Spread batches over replicas, least outstanding first; yield in order. The
+        replicas count tokens and truncations; their counts go into ``plan``."""
+        ray = require_ray()
+        query = plan.query
         actors = self._live_actors()
         results: dict[int, np.ndarray] = {}
         in_flight: dict[Any, tuple[int, int]] = {}  # ref -> (batch, replica)
@@ -395,7 +332,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                     for ref in done:
                         batch, replica = in_flight.pop(ref)
                         self._release(mine, replica)
-                        results[batch] = self._collect(ray, ref, batch, len(batches[batch]))
+                        results[batch] = self._collect(ray, ref, batch, len(batches[batch]), plan)
                     continue
                 yield results.pop(next_yield)
                 next_yield += 1
@@ -420,7 +357,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             self._outstanding[replica] -= 1
             mine[replica] -= 1
 
-    def _collect(self, ray: Any, ref: Any, batch: int, size: int) -> np.ndarray:
+    def _collect(self, ray: Any, ref: Any, batch: int, size: int, plan: CallPlan) -> np.ndarray:
         try:
             matrix, counts = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
@@ -436,78 +373,26 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 f"batch {batch} of fleet {self.fleet_name!r} lost its replica after "
                 f"all restarts: {exc}"
             ) from exc
-        if counts:
-            with self._stats_lock:
-                for name, value in counts.items():
-                    setattr(self.stats, name, getattr(self.stats, name) + value)
+        plan.counts.add(counts)
         return matrix
 
 
 # ---------------------------------------------------------------------- helpers
-def _torch_threads() -> int | None:
-    torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else None
+def workload_of(function: Any) -> str:
+    """The declared workload; plain callables (not EmbeddingFunctions) count as compute."""
+    return str(getattr(function, "workload", "compute"))
 
 
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise MissingDependencyError(f"fleets need Ray: {RAY_INSTALL_HINT}") from exc
-    return ray
-
-
-def _default_num_cpus(function: Any) -> float:
-    """Local models get a core each; functions that only wait on I/O get none."""
-    from embedfleet.embedding_functions.sentence_transformer import (
-        SentenceTransformerEmbeddingFunction,
-    )
-
-    return 1.0 if isinstance(function, SentenceTransformerEmbeddingFunction) else 0.0
+def concurrent_batches_of(function: Any) -> int:
+    """Batches one replica serves at once, as the function declares it."""
+    if isinstance(function, EmbeddingFunction):
+        return function.concurrent_batches()
+    return 1 if workload_of(function) == "compute" else DEFAULT_IO_CONCURRENCY
 
 
 def _cause(exc: BaseException) -> BaseException:
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
-
-
-def _startup_failure(exc: BaseException) -> str:
-    """'ErrorClass: message' of what a replica's constructor raised.
-
-    Ray keeps only the text of an actor's creation error, so the last line that
-    names an exception is what the user needs (e.g. a ModelNotFoundError)."""
-    text = getattr(exc, "error_msg", "") or str(exc)
-    raised = re.findall(
-        r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception)): (.*)$", text, re.M
-    )
-    if raised:
-        name, message = raised[-1]
-        return f"{name}: {message}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _kill_actors(actors: list[Any]) -> None:
-    try:
-        import ray
-    except ImportError:
-        return
-    if not ray.is_initialized():
-        return
-    for actor in actors:
-        try:
-            ray.kill(actor, no_restart=True)
-        except Exception as exc:  # a dead actor or a gone cluster: nothing left to free
-            logger.debug("could not kill actor %s: %s", actor, exc)
-
-
-def _replace_live_fleet(name: str, fleet: RemoteEmbeddingFunction) -> None:
-    with _live_lock:
-        previous = _live_fleets.get(name)
-        old = previous() if previous is not None else None
-        _live_fleets[name] = weakref.ref(fleet)
-    if old is not None and old._actors:
-        logger.info("replacing fleet %r created earlier in this process", name)
-        old.shutdown()
 
 
 #: ``embedfleet.remote(ef, replicas=2, ...)`` reads best at call sites.

@@ -6,7 +6,7 @@ columns. The schema metadata key ``embedfleet`` holds JSON describing how the
 vectors were made (provider, config, precision, dimension, normalization,
 model revision, embedfleet version); it never holds a secret.
 
-Files are written in one piece (see :func:`write_bytes_atomically`), so a glob
+Files are written in one piece (:mod:`embedfleet.atomic_files`), so a glob
 reader never sees half a file.
 """
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -24,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedfleet._version import __version__
+from embedfleet.atomic_files import write_bytes_atomically
 from embedfleet.embedding_functions.base import Embedding, EmbeddingFunction
 from embedfleet.errors import ConfigError
 
@@ -38,8 +39,6 @@ def content_hash(text: str) -> str:
 
 def embedding_metadata(ef: EmbeddingFunction) -> dict[str, Any]:
     """The JSON recorded next to vectors made by ``ef``."""
-    from embedfleet import __version__
-
     return {
         **ef.describe(),
         "content_hash": CONTENT_HASH_ALGORITHM,
@@ -94,35 +93,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
-
-
-def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Whole file or nothing: a temporary name (never ``*.parquet``) renamed into
-    place on local disks, a single put on object stores."""
-    _whole(fs, path, lambda target: fs.pipe_file(target, data))
-
-
-def copy_atomically(fs: fsspec.AbstractFileSystem, source: str, path: str) -> None:
-    """Copy a file whole or not at all: a server-side copy on object stores (one new
-    object), a temporary name renamed into place on local disks."""
-    _whole(fs, path, lambda target: fs.copy(source, target))
-
-
-def _whole(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[str], None]) -> None:
-    """Run ``write(target)`` so that ``path`` appears whole or not at all: straight to
-    ``path`` on object stores (an object appears in one piece), else to a temporary
-    name that is then renamed into place."""
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" not in protocols and "local" not in protocols:
-        write(path)
-        return
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(temporary)
-        fs.mv(temporary, path)
-    finally:
-        if fs.exists(temporary):
-            fs.rm(temporary)
 
 
 def read_metadata(uri: str) -> dict[str, Any]:
