@@ -61,10 +61,10 @@ def imports_of(name: str, source: str | None = None) -> set[str]:
             for alias in node.names:  # `from package import submodule` imports the submodule
                 submodule = f"{base}.{alias.name}"
                 found.add(submodule if submodule in MODULES else resolve(base))
-        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
-            if node.args and isinstance(node.args[0], ast.Constant):
-                if isinstance(node.args[0].value, str):
-                    found.add(resolve(node.args[0].value))
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node.func) and node.args:
+            literal = node.args[0]
+            if isinstance(literal, ast.Constant) and isinstance(literal.value, str):
+                found.add(resolve(literal.value))
     found.discard(None)
     found.discard(name)
     return found  # type: ignore[return-value]
