@@ -20,7 +20,7 @@ import embedfleet
 from embedfleet.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, main
 from embedfleet.embedding_functions import DefaultEmbeddingFunction
 from embedfleet.errors import ConfigError, LockedError
-from embedfleet.job import Job, JobSpec, sink
+from embedfleet.job import Job, JobSpec, store
 from embedfleet.testing import HashEmbeddingFunction
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -246,7 +246,7 @@ def test_duplicate_ids_across_files_are_an_error_naming_them(tmp_path):
 def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
     source = write_jsonl(tmp_path / "data.jsonl", rows(3))
     spec = make_spec({"uri": str(source), "id_column": "id"}, str(tmp_path / "out"))
-    holder = sink.Output(spec.output.uri)
+    holder = store.OutputStore(spec.output.uri)
     lease = holder.acquire()
     with pytest.raises(LockedError, match="another run is writing there"):
         Job(spec).run(progress=False)
@@ -380,5 +380,5 @@ def test_the_driver_loads_no_model_the_metadata_comes_from_a_replica(tmp_path):
     table = embedfleet.read(spec.output.uri).to_table()
     metadata = json.loads(table.schema.metadata[b"embedfleet"])
     assert metadata["backend"] == "onnx" and metadata["int8_min_cosine"] is not None
-    snapshot = sink.Output(spec.output.uri).snapshot(result.run_id)
+    snapshot = store.OutputStore(spec.output.uri).snapshot(result.run_id)
     assert snapshot.manifest()["embedding"] == metadata  # start, parts and finish agree

@@ -23,8 +23,8 @@ from embedfleet import __version__, embedding_functions
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
 from embedfleet.job.runner import vector_rows
-from embedfleet.job.sink import Output
 from embedfleet.job.spec import MODES
+from embedfleet.job.store import OutputStore
 from embedfleet.output import embedding_metadata, embeddings_table, write_parquet
 from embedfleet.pricing import format_cost
 
@@ -252,9 +252,9 @@ def _plan(arguments: argparse.Namespace) -> int:
 
 
 def _status(arguments: argparse.Namespace) -> int:
-    output = Output(arguments.output)
+    output = OutputStore(arguments.output)
     latest = output.latest()
-    lease = output.read_lease()
+    lease = output.read_lock()
     print(f"output: {arguments.output}")
     print(f"lock: {'held by ' + lease.owner if lease else 'free'}")
     rows = [("SNAPSHOT", "STATE", "SHARDS", "VECTORS", "REJECTED")]

@@ -1,7 +1,6 @@
 """The job layer: specs, fsspec sources and shards, Parquet snapshots, the runner."""
 
 from embedfleet.job.runner import Job, JobPlan, JobResult
-from embedfleet.job.sink import read
 from embedfleet.job.spec import (
     BudgetSpec,
     EmbeddingSpec,
@@ -10,6 +9,7 @@ from embedfleet.job.spec import (
     OutputSpec,
     SourceSpec,
 )
+from embedfleet.job.store import read
 
 __all__ = [
     "BudgetSpec",

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedfleet.job import sink
+from embedfleet.job import store
 
 EMBED, CARRY, REUSE = 0, 1, 2
 
@@ -75,7 +75,7 @@ def _lookup(sorted_keys: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> np.n
     return np.where(sorted_keys[positions] == keys, rows[positions], -1).astype(np.int64)
 
 
-def build_index(snapshot: sink.Snapshot) -> BaseIndex:
+def build_index(snapshot: store.Snapshot) -> BaseIndex:
     """Read the base's ``id`` and ``content_hash`` columns, part by part, and key them."""
     pieces = []
     for marker in snapshot.commits().values():
@@ -145,7 +145,7 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     return Matches(kinds, sources)
 
 
-def fetch_vectors(snapshot: sink.Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:
+def fetch_vectors(snapshot: store.Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:
     """The base's vectors at ``rows`` of the index, in that order, one read per part."""
     parts = index.table["part"].take(pa.array(rows)).to_pylist()
     offsets = index.table["row"].take(pa.array(rows)).to_numpy()

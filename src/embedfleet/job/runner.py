@@ -40,7 +40,7 @@ from embedfleet import pricing, tokens
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
-from embedfleet.job import incremental, sink, sources
+from embedfleet.job import incremental, sources, store
 from embedfleet.job.sources import Shard, ShardRows
 from embedfleet.job.spec import JobSpec
 from embedfleet.output import METADATA_KEY, content_hash, embedding_metadata, embeddings_table
@@ -158,7 +158,7 @@ class Job:
             spec.embedding.provider, spec.embedding.config
         )
         self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
-        self.output = sink.Output(spec.output.uri, spec.output.storage_options)
+        self.output = store.OutputStore(spec.output.uri, spec.output.storage_options)
         # API providers count tokens as they bill them; local models cost nothing per token.
         self.counter = (
             self.function if callable(getattr(self.function, "request_tokens", None)) else None
@@ -282,7 +282,7 @@ class Job:
         base = info.get("base")
         note = f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
         if base:
-            note += f" (incremental from {sink.SNAPSHOTS}/{base})"
+            note += f" (incremental from {store.SNAPSHOTS}/{base})"
         return newest.run_id, committed, note, base
 
     def _incremental_base(self, latest: str | None) -> tuple[str | None, str]:
@@ -293,11 +293,11 @@ class Job:
         if info.get("fingerprint") != self.fingerprint:
             return None, (
                 f"incremental: the embedding function or its config changed since "
-                f"{sink.SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
+                f"{store.SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
                 f"{self.fingerprint}), so every row is re-embedded (full re-embed)"
             )
         return latest, (
-            f"incremental from {sink.SNAPSHOTS}/{latest}: unchanged rows are carried over, "
+            f"incremental from {store.SNAPSHOTS}/{latest}: unchanged rows are carried over, "
             "texts it already has are reused, new and changed rows are embedded, and ids "
             "no longer in the source are dropped"
         )
@@ -329,7 +329,7 @@ class Job:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _renew_lease(self, lease: sink.Lease, stop: threading.Event) -> None:
+    def _renew_lease(self, lease: store.OutputLock, stop: threading.Event) -> None:
         while not stop.wait(RENEW_EVERY_SECONDS):
             try:
                 self.output.renew(lease)
@@ -345,7 +345,7 @@ class Job:
         started: float,
     ) -> JobResult:
         plan = self.plan()
-        snapshot = self.output.snapshot(plan.snapshot or sink.new_run_id())
+        snapshot = self.output.snapshot(plan.snapshot or store.new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
         recorded = (snapshot.run_info() or {}).get("embedding") if plan.snapshot else None
@@ -405,7 +405,7 @@ class Job:
     def _run_planned(
         self,
         plan: JobPlan,
-        snapshot: sink.Snapshot,
+        snapshot: store.Snapshot,
         metadata: dict[str, Any],
         committed: dict[str, dict[str, Any]],
         todo: list[Shard],
@@ -486,7 +486,7 @@ class Job:
             total_tokens = sum(marker.get("tokens", 0) for marker in markers)
             if base is not None:  # base ids with no row in the new snapshot or its rejects
                 present = pa.concat_arrays(
-                    [self._snapshot_ids(snapshot), self._snapshot_ids(snapshot, sink.REJECTS)]
+                    [self._snapshot_ids(snapshot), self._snapshot_ids(snapshot, store.REJECTS)]
                 )
                 kept = pa.compute.is_in(base.table["id"], value_set=present)
                 result.deleted = base.rows - pa.compute.sum(kept).as_py()
@@ -509,7 +509,7 @@ class Job:
                 }
             )
             result.complete = True
-            sink.prune(self.output, self.spec.output.keep_snapshots)
+            store.prune(self.output, self.spec.output.keep_snapshots)
         result.finish_seconds = time.perf_counter() - embedded_at
         return result
 
@@ -517,7 +517,7 @@ class Job:
         self,
         fleet: Any,
         todo: list[Shard],
-        snapshot: sink.Snapshot,
+        snapshot: store.Snapshot,
         metadata: dict[str, Any],
         result: JobResult,
         progress: bool,
@@ -600,7 +600,7 @@ class Job:
                 bar.close()
 
     @staticmethod
-    def _snapshot_ids(snapshot: sink.Snapshot, folder: str | None = None) -> pa.Array:
+    def _snapshot_ids(snapshot: store.Snapshot, folder: str | None = None) -> pa.Array:
         """Ids of the snapshot's parts (or of its ``_rejects`` folder)."""
         import pyarrow.dataset as ds
 
@@ -612,7 +612,7 @@ class Job:
         ids = dataset.to_table(columns=["id"])["id"]
         return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
 
-    def _check_unique_ids(self, snapshot: sink.Snapshot, shards: list[Shard]) -> None:
+    def _check_unique_ids(self, snapshot: store.Snapshot, shards: list[Shard]) -> None:
         """Ids from different shards must not collide (within a shard, reading checks)."""
         if self.spec.source.id_column is None:
             return  # derived ids are unique by construction
@@ -663,7 +663,7 @@ def embed_shard(
             for name in columns:
                 columns[name].append(piece.columns[name][index])
     read_done = time.perf_counter()
-    output = sink.Output(spec.output.uri, spec.output.storage_options)
+    output = store.OutputStore(spec.output.uri, spec.output.storage_options)
     snapshot = output.snapshot(run_id)
     matches = None
     to_embed = list(range(len(texts)))
@@ -760,7 +760,7 @@ def vector_rows(marker: dict[str, Any]) -> int:
 
 
 def _same_columns(
-    base: sink.Snapshot, part: str, columns: dict[str, list[Any]], metadata: dict[str, Any]
+    base: store.Snapshot, part: str, columns: dict[str, list[Any]], metadata: dict[str, Any]
 ) -> bool:
     """Whether the base part is what this run would write: the same metadata (version
     included) and the same passthrough values and types (a copy keeps its own)."""

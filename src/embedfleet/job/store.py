@@ -1,4 +1,4 @@
-"""The output layout: snapshots of Parquet parts, commit markers, manifest, lock.
+"""The output store: snapshots of Parquet parts, commit markers, manifest, lock.
 
 ::
 
@@ -53,14 +53,14 @@ def new_run_id() -> str:
 
 
 @dataclass
-class Lease:
+class OutputLock:
     owner: str
     host: str
     pid: int
     expires: float
 
 
-class Output:
+class OutputStore:
     """One job output location (any fsspec URL)."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -76,48 +76,48 @@ class Output:
         self.fs.invalidate_cache()
 
     # ------------------------------------------------------------------ lock
-    def acquire(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Lease:
+    def acquire(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> OutputLock:
         """Take the lease or raise LockedError; a stale or dead owner's lease is taken over."""
         self.fs.makedirs(self.root, exist_ok=True)
-        current = self.read_lease()
-        if current is not None and not _lease_is_stale(current):
+        current = self.read_lock()
+        if current is not None and not _lock_is_stale(current):
             raise LockedError(
                 f"{self.uri} is locked by {current.owner} until "
                 f"{_format_time(current.expires)}: another run is writing there. Wait for it, "
                 f"or delete {self.path(LOCK)} if you are sure it is gone."
             )
-        lease = Lease(
+        lease = OutputLock(
             owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             host=socket.gethostname(),
             pid=os.getpid(),
             expires=time.time() + lease_seconds,
         )
-        self._write_lease(lease)
-        confirmed = self.read_lease()
+        self._write_lock(lease)
+        confirmed = self.read_lock()
         if confirmed is None or confirmed.owner != lease.owner:
             raise LockedError(f"{self.uri}: another run took the lock at the same moment")
         return lease
 
-    def renew(self, lease: Lease, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        current = self.read_lease()
+    def renew(self, lease: OutputLock, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        current = self.read_lock()
         if current is None or current.owner != lease.owner:
             raise LockedError(f"{self.uri}: the lock was taken over by {current and current.owner}")
         lease.expires = time.time() + lease_seconds
-        self._write_lease(lease)
+        self._write_lock(lease)
 
-    def release(self, lease: Lease) -> None:
-        current = self.read_lease()
+    def release(self, lease: OutputLock) -> None:
+        current = self.read_lock()
         if current is not None and current.owner == lease.owner:
             self.fs.rm(self.path(LOCK))
 
-    def read_lease(self) -> Lease | None:
+    def read_lock(self) -> OutputLock | None:
         try:
             data = json.loads(self.fs.cat_file(self.path(LOCK)))
         except FileNotFoundError:
             return None
-        return Lease(**data)
+        return OutputLock(**data)
 
-    def _write_lease(self, lease: Lease) -> None:
+    def _write_lock(self, lease: OutputLock) -> None:
         blob = json.dumps(lease.__dict__).encode()
         write_bytes_atomically(self.fs, self.path(LOCK), blob)
 
@@ -145,7 +145,7 @@ class Output:
 class Snapshot:
     """One run's directory under ``snapshots/``."""
 
-    def __init__(self, output: Output, run_id: str) -> None:
+    def __init__(self, output: OutputStore, run_id: str) -> None:
         self.output = output
         self.run_id = run_id
         self.fs = output.fs
@@ -251,7 +251,7 @@ class Snapshot:
         self.fs.rm(self.root, recursive=True)
 
 
-def prune(output: Output, keep: int) -> list[str]:
+def prune(output: OutputStore, keep: int) -> list[str]:
     """Delete complete snapshots beyond the newest ``keep``, and unfinished ones older
     than the latest (they can no longer be resumed). Returns the removed run ids."""
     latest = output.latest()
@@ -272,7 +272,7 @@ def read(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     """The latest complete snapshot under ``uri`` as a pyarrow dataset."""
     import pyarrow.dataset as ds
 
-    output = Output(uri, storage_options)
+    output = OutputStore(uri, storage_options)
     output.refresh()
     latest = output.latest()
     if latest is None:
@@ -280,7 +280,7 @@ def read(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     return ds.dataset(output.snapshot(latest).root, format="parquet", filesystem=output.fs)
 
 
-def _lease_is_stale(lease: Lease) -> bool:
+def _lock_is_stale(lease: OutputLock) -> bool:
     if lease.expires < time.time():
         return True
     if lease.host == socket.gethostname():
