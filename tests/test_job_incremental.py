@@ -120,7 +120,7 @@ def test_unchanged_shards_are_copied_and_known_texts_reused(tmp_path, server):
     assert again.complete and again.embedded == 0 and again.carried_over == 120
     assert not server.requests  # nothing sent to the provider
     markers = store.OutputStore(str(output)).snapshot(again.run_id).commits().values()
-    assert all(marker["copied_from"].endswith(".parquet") for marker in markers)
+    assert all(marker.copied_from.endswith(".parquet") for marker in markers)
 
     documents["doc-copy"] = documents["doc-0007"]  # a new id with a text already embedded
     write_corpus(source, documents)

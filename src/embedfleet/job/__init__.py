@@ -1,6 +1,8 @@
-"""The job layer: specs, fsspec sources and shards, Parquet snapshots, the runner."""
+"""The job layer: specs, fsspec sources and shards, plans, runs on Ray, Parquet snapshots."""
 
-from embedfleet.job.runner import Job, JobPlan, JobResult
+from embedfleet.job.plan import JobPlan
+from embedfleet.job.result import JobResult
+from embedfleet.job.run import Job
 from embedfleet.job.spec import (
     BudgetSpec,
     EmbeddingSpec,
