@@ -20,7 +20,7 @@ import embedfleet
 from embedfleet.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, main
 from embedfleet.embedding_functions import DefaultEmbeddingFunction
 from embedfleet.errors import ConfigError, LockedError
-from embedfleet.job import Job, JobSpec, sink
+from embedfleet.job import Job, JobSpec, store
 from embedfleet.testing import HashEmbeddingFunction
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -192,6 +192,25 @@ def test_corrupt_file_fails_only_its_shard_and_a_rerun_retries_only_that(tmp_pat
     assert embedfleet.read(spec.output.uri).count_rows() == 120
 
 
+def test_a_resume_counts_shards_committed_before_markers_held_carried_and_reused(tmp_path):
+    paths = write_parquet_files(tmp_path / "data", 3)
+    good = paths[1].read_bytes()
+    paths[1].write_bytes(b"this is not parquet at all")
+    spec = make_spec({"uri": str(tmp_path / "data"), "id_column": "id"}, str(tmp_path / "out"))
+    assert not Job(spec).run(progress=False).complete
+    for path in (tmp_path / "out").glob("snapshots/*/_commits/*.json"):
+        marker = json.loads(path.read_text())
+        for newer in ("carried", "reused", "model_tokens", "padded_tokens"):
+            del marker[newer]
+        path.write_text(json.dumps(marker))
+
+    paths[1].write_bytes(good)
+    second = Job(spec).run(progress=False)
+    assert second.complete and second.shards_skipped == 2 and second.resumed == 80
+    snapshot = store.OutputStore(spec.output.uri).snapshot(second.run_id)
+    assert snapshot.manifest()["vectors"] == 120
+
+
 def _spec_file(tmp_path: Path, spec: JobSpec, name: str = "job.toml") -> list[str]:
     """``spec`` written as TOML, for the CLI (JSON scalars are valid TOML values)."""
     data = spec.to_dict()
@@ -246,7 +265,7 @@ def test_duplicate_ids_across_files_are_an_error_naming_them(tmp_path):
 def test_a_second_concurrent_run_is_refused(tmp_path, capsys):
     source = write_jsonl(tmp_path / "data.jsonl", rows(3))
     spec = make_spec({"uri": str(source), "id_column": "id"}, str(tmp_path / "out"))
-    holder = sink.Output(spec.output.uri)
+    holder = store.OutputStore(spec.output.uri)
     lease = holder.acquire()
     with pytest.raises(LockedError, match="another run is writing there"):
         Job(spec).run(progress=False)
@@ -357,6 +376,26 @@ def test_plan_and_status_commands(tmp_path, capsys):
     assert report["run_id"] in status and "latest" in status and "lock: free" in status
 
 
+def test_status_counts_carried_rows_as_vectors(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "data.jsonl", rows(120))
+    spec = make_spec(
+        {"uri": str(source), "id_column": "id"},
+        str(tmp_path / "out"),
+        output={"mode": "incremental"},
+    )
+    first = Job(spec).run(progress=False)
+    write_jsonl(source, [*rows(119), {"id": "r119", "text": "an edited document"}])
+    second = Job(spec).run(progress=False)
+    assert (second.embedded, second.carried_over) == (1, 119)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "out")]) == EXIT_OK
+    snapshots = capsys.readouterr().out.splitlines()[3:]
+    assert [line.split() for line in snapshots] == [
+        [first.run_id, "complete", f"{first.shards}/{first.shards}", "120", "0"],
+        [second.run_id, "latest", f"{second.shards}/{second.shards}", "120", "0"],
+    ]
+
+
 def test_the_driver_loads_no_model_the_metadata_comes_from_a_replica(tmp_path):
     """Where the model runs decides its device, precision and quality guards: the job
     records them as a replica resolved them, and the driver (perhaps a small head node
@@ -380,5 +419,5 @@ def test_the_driver_loads_no_model_the_metadata_comes_from_a_replica(tmp_path):
     table = embedfleet.read(spec.output.uri).to_table()
     metadata = json.loads(table.schema.metadata[b"embedfleet"])
     assert metadata["backend"] == "onnx" and metadata["int8_min_cosine"] is not None
-    snapshot = sink.Output(spec.output.uri).snapshot(result.run_id)
+    snapshot = store.OutputStore(spec.output.uri).snapshot(result.run_id)
     assert snapshot.manifest()["embedding"] == metadata  # start, parts and finish agree

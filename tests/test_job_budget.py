@@ -20,7 +20,7 @@ from embedfleet import pricing, tokens
 from embedfleet.cli import EXIT_BUDGET, EXIT_FAILED, EXIT_OK, main
 from embedfleet.errors import ConfigError
 from embedfleet.job import Job, JobSpec
-from embedfleet.job import runner as job_runner
+from embedfleet.job import plan as job_plan
 from embedfleet.pricing import Price, TokenBudget, format_cost
 from tests.fakes import openai_api, tei
 from tests.fakes.server import FakeServer, Fault
@@ -211,8 +211,8 @@ def test_plan_counts_small_datasets_whole_and_scales_a_sample_of_large_ones(tmp_
     assert plan.estimated_tokens == local_token_total(30)
     assert plan.token_basis == "counted over all 30 rows"
 
-    monkeypatch.setattr(job_runner, "PLAN_SAMPLE_ROWS", 60)
-    monkeypatch.setattr(job_runner, "PLAN_SAMPLE_SHARDS", 4)
+    monkeypatch.setattr(job_plan, "PLAN_SAMPLE_ROWS", 60)
+    monkeypatch.setattr(job_plan, "PLAN_SAMPLE_SHARDS", 4)
     (tmp_path / "large").mkdir()
     large = make_spec(tmp_path / "large", 2000, 100)
     plan = Job(large).plan()

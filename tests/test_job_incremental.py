@@ -13,7 +13,7 @@ import pytest
 
 import embedfleet
 from embedfleet.cli import EXIT_LOCKED, main
-from embedfleet.job import Job, JobSpec, sink
+from embedfleet.job import Job, JobSpec, store
 from embedfleet.output_format import content_hash
 from tests.fakes import tei
 from tests.fakes.server import FakeServer, Fault
@@ -69,7 +69,7 @@ def test_a_rerun_embeds_exactly_the_new_and_changed_rows(tmp_path, server):
     write_corpus(source, before)
     first = Job(make_spec(source, output, server)).run(progress=False)
     assert first.complete and first.embedded == 200 and first.carried_over == 0
-    first_snapshot = sink.Output(str(output)).latest()
+    first_snapshot = store.OutputStore(str(output)).latest()
 
     after = dict(before)
     ids = sorted(before)
@@ -91,7 +91,7 @@ def test_a_rerun_embeds_exactly_the_new_and_changed_rows(tmp_path, server):
     assert sent_texts(server) == expected  # exactly the changed and new texts, once each
     assert result.complete
     assert (result.embedded, result.carried_over, result.reused, result.deleted) == (30, 170, 0, 10)
-    manifest = sink.Output(str(output)).snapshot(result.run_id).manifest()
+    manifest = store.OutputStore(str(output)).snapshot(result.run_id).manifest()
     assert manifest["base"] == first_snapshot and manifest["deleted"] == 10
     assert manifest["vectors"] == 200 and manifest["carried_over"] == 170
 
@@ -106,7 +106,7 @@ def test_a_rerun_embeds_exactly_the_new_and_changed_rows(tmp_path, server):
         assert incremental_rows[id_]["length"] == row["length"] == len(after[id_])
         np.testing.assert_allclose(incremental_rows[id_]["embedding"], row["embedding"], rtol=1e-6)
     # the previous snapshot is kept, whole (keep_snapshots)
-    assert sink.Output(str(output)).snapshot(first_snapshot).is_complete()
+    assert store.OutputStore(str(output)).snapshot(first_snapshot).is_complete()
 
 
 def test_unchanged_shards_are_copied_and_known_texts_reused(tmp_path, server):
@@ -119,8 +119,8 @@ def test_unchanged_shards_are_copied_and_known_texts_reused(tmp_path, server):
     again = Job(make_spec(source, output, server)).run(progress=False)
     assert again.complete and again.embedded == 0 and again.carried_over == 120
     assert not server.requests  # nothing sent to the provider
-    markers = sink.Output(str(output)).snapshot(again.run_id).commits().values()
-    assert all(marker["copied_from"].endswith(".parquet") for marker in markers)
+    markers = store.OutputStore(str(output)).snapshot(again.run_id).commits().values()
+    assert all(marker.copied_from.endswith(".parquet") for marker in markers)
 
     documents["doc-copy"] = documents["doc-0007"]  # a new id with a text already embedded
     write_corpus(source, documents)
@@ -150,7 +150,7 @@ def test_a_failed_incremental_run_leaves_the_previous_snapshot_whole(tmp_path, s
     documents = corpus(80)
     write_corpus(source, documents)
     assert Job(make_spec(source, output, server)).run(progress=False).complete
-    latest = sink.Output(str(output)).latest()
+    latest = store.OutputStore(str(output)).latest()
     before = embedfleet.read(str(output)).to_table()
 
     documents.update({f"doc-extra-{index}": f"extra document {index}" for index in range(5)})
@@ -158,7 +158,7 @@ def test_a_failed_incremental_run_leaves_the_previous_snapshot_whole(tmp_path, s
     server.faults.extend([Fault(500, b'{"error": "down"}')] * 50)  # max_retries = 0
     failed = Job(make_spec(source, output, server)).run(progress=False)
     assert not failed.complete and failed.failed_shards
-    assert sink.Output(str(output)).latest() == latest
+    assert store.OutputStore(str(output)).latest() == latest
     assert embedfleet.read(str(output)).to_table().equals(before)
 
     server.faults.clear()
@@ -189,7 +189,7 @@ def test_an_overlapping_scheduled_run_is_refused_with_exit_code_3(tmp_path, serv
         )
         + "\n"
     )
-    holder = sink.Output(spec.output.uri)
+    holder = store.OutputStore(spec.output.uri)
     lease = holder.acquire()  # a nightly run still going
     try:
         assert main(["run", "--quiet", "--incremental", str(spec_file)]) == EXIT_LOCKED
@@ -218,7 +218,7 @@ def test_a_resumed_run_re_embeds_shards_whose_file_changed_since_their_commit(tm
     assert {id_: row["content_hash"] for id_, row in rows.items()} == {
         id_: content_hash(text) for id_, text in {**edited, "b-0": "second file"}.items()
     }
-    snapshot = sink.Output(str(output)).snapshot(result.run_id)
+    snapshot = store.OutputStore(str(output)).snapshot(result.run_id)
     parts = [path for path in snapshot.fs.ls(snapshot.root) if path.endswith(".parquet")]
     assert len(parts) == len(snapshot.commits())  # no orphan part from the stale commit
 

@@ -95,7 +95,7 @@ def test_an_incremental_rerun_on_s3_copies_unchanged_parts_server_side(bucket, s
     second = Job(spec).run(progress=False)
     assert second.complete and second.embedded == 2 and second.carried_over == 89
     markers = Job(spec).output.snapshot(second.run_id).commits().values()
-    copied = [marker for marker in markers if marker.get("copied_from")]
+    copied = [marker for marker in markers if marker.copied_from]
     assert len(copied) == 2  # part0 and part1 were unchanged: copied object to object
     table = embedfleet.read("s3://corpus/inc", storage_options).to_table()
     assert sorted(table["id"].to_pylist()) == sorted(f"d{index}" for index in range(91))

@@ -23,9 +23,8 @@ from embedfleet import embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
-from embedfleet.job.runner import vector_rows
-from embedfleet.job.sink import Output
 from embedfleet.job.spec import MODES
+from embedfleet.job.store import OutputStore
 from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
 from embedfleet.pricing import format_cost
 
@@ -253,28 +252,19 @@ def _plan(arguments: argparse.Namespace) -> int:
 
 
 def _status(arguments: argparse.Namespace) -> int:
-    output = Output(arguments.output)
-    latest = output.latest()
-    lease = output.read_lease()
+    output = OutputStore(arguments.output)
+    lock = output.read_lock()
     print(f"output: {arguments.output}")
-    print(f"lock: {'held by ' + lease.owner if lease else 'free'}")
+    print(f"lock: {'held by ' + lock.owner if lock else 'free'}")
     rows = [("SNAPSHOT", "STATE", "SHARDS", "VECTORS", "REJECTED")]
-    for run_id in output.snapshot_ids():
-        snapshot = output.snapshot(run_id)
-        markers = snapshot.commits()
-        planned = len((snapshot.run_info() or {}).get("shards", [])) or len(markers)
-        state = (
-            "latest"
-            if run_id == latest
-            else ("complete" if snapshot.is_complete() else "unfinished")
-        )
+    for summary in output.summaries():
         rows.append(
             (
-                run_id,
-                state,
-                f"{len(markers)}/{planned}",
-                str(sum(vector_rows(marker) for marker in markers.values())),
-                str(sum(marker["rejected"] for marker in markers.values())),
+                summary.run_id,
+                summary.state,
+                f"{summary.committed}/{summary.planned}",
+                str(summary.vectors),
+                str(summary.rejected),
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(5)]

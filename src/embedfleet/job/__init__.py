@@ -1,7 +1,8 @@
-"""The job layer: specs, fsspec sources and shards, Parquet snapshots, the runner."""
+"""The job layer: specs, fsspec sources and shards, plans, runs on Ray, Parquet snapshots."""
 
-from embedfleet.job.runner import Job, JobPlan, JobResult
-from embedfleet.job.sink import read
+from embedfleet.job.plan import JobPlan
+from embedfleet.job.result import JobResult
+from embedfleet.job.run import Job
 from embedfleet.job.spec import (
     BudgetSpec,
     EmbeddingSpec,
@@ -10,6 +11,7 @@ from embedfleet.job.spec import (
     OutputSpec,
     SourceSpec,
 )
+from embedfleet.job.store import read
 
 __all__ = [
     "BudgetSpec",

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from embedfleet.job import sink
+from embedfleet.job.store import REJECTS, Snapshot
 
 EMBED, CARRY, REUSE = 0, 1, 2
 
@@ -75,11 +75,11 @@ def _lookup(sorted_keys: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> np.n
     return np.where(sorted_keys[positions] == keys, rows[positions], -1).astype(np.int64)
 
 
-def build_index(snapshot: sink.Snapshot) -> BaseIndex:
+def build_index(snapshot: Snapshot) -> BaseIndex:
     """Read the base's ``id`` and ``content_hash`` columns, part by part, and key them."""
     pieces = []
     for marker in snapshot.commits().values():
-        part = marker.get("part")
+        part = marker.part
         if not part:
             continue
         with snapshot.fs.open(snapshot.path(part), "rb") as handle:
@@ -145,7 +145,7 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     return Matches(kinds, sources)
 
 
-def fetch_vectors(snapshot: sink.Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:
+def fetch_vectors(snapshot: Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:
     """The base's vectors at ``rows`` of the index, in that order, one read per part."""
     parts = index.table["part"].take(pa.array(rows)).to_pylist()
     offsets = index.table["row"].take(pa.array(rows)).to_numpy()
@@ -174,3 +174,23 @@ def whole_part(matches: Matches, index: BaseIndex) -> str | None:
     if part_rows != len(offsets) or not (offsets == np.arange(len(offsets))).all():
         return None
     return names[0]
+
+
+def deleted(index: BaseIndex, snapshot: Snapshot) -> int:
+    """Ids of the base found neither in the new snapshot's parts nor in its rejects."""
+    present = pa.concat_arrays([_ids(snapshot), _ids(snapshot, REJECTS)])
+    kept = pc.is_in(index.table["id"], value_set=present)
+    return index.rows - pc.sum(kept).as_py()
+
+
+def _ids(snapshot: Snapshot, folder: str | None = None) -> pa.Array:
+    """Ids of the snapshot's parts (or of its ``_rejects`` folder)."""
+    import pyarrow.dataset as ds
+
+    snapshot.output.refresh()
+    root = snapshot.path(folder) if folder else snapshot.root
+    if folder and not snapshot.fs.exists(root):
+        return pa.array([], pa.string())
+    dataset = ds.dataset(root, format="parquet", filesystem=snapshot.fs)
+    ids = dataset.to_table(columns=["id"])["id"]
+    return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())

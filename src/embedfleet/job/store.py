@@ -1,10 +1,10 @@
-"""The output layout: snapshots of Parquet parts, commit markers, manifest, lock.
+"""The output store: snapshots of Parquet parts, commit markers, manifest, lock.
 
 ::
 
     OUTPUT/
       _latest                      relative path of the newest complete snapshot, written last
-      _lock                        lease: owner, expiry (one run at a time)
+      _lock                        owner, host, pid, expiry: one run at a time
       snapshots/<run-id>/
         _run.json                  run id, fingerprint, planned shards, what made the vectors
         part-<shard-id>.parquet    one per shard
@@ -17,6 +17,10 @@ in one piece: a temporary name not ending in ``.parquet`` renamed into place on
 local disks, a single put on object stores, so readers never see half a file.
 Names starting with ``_`` are skipped by pyarrow datasets and by
 ``*.parquet`` globs, so a snapshot directory reads as a plain Parquet dataset.
+
+Markers are read and written here only, as :class:`ShardMarker`: the runner, the
+plan and ``embedfleet status`` all see the same typed record, and a marker written
+before a field existed reads with that field's default.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,14 +59,84 @@ def new_run_id() -> str:
 
 
 @dataclass
-class Lease:
+class OutputLock:
+    """The ``_lock`` file: one run writes an output at a time, until ``expires``."""
+
     owner: str
     host: str
     pid: int
     expires: float
 
 
-class Output:
+@dataclass(frozen=True)
+class ShardMarker:
+    """A shard's commit marker: written after its part and rejects, it makes them exist.
+
+    Fields are in the order they are written. A copied part (``copied_from``) ran no
+    model, so its JSON has no embed time or model tokens; ``write_seconds`` is known
+    only to the task that wrote the marker and is never on disk.
+    """
+
+    shard_id: str
+    source_version: str = ""  # the file's size and etag/mtime: a commit of another is stale
+    relative_path: str = ""
+    unit: str = ""
+    start: int = 0
+    end: int = 0
+    rows: int = 0  # source rows read, rejected ones included
+    characters: int = 0  # of the texts sent to the model
+    tokens: int = 0  # input tokens of those texts, as the provider bills them
+    carried: int = 0  # incremental: same id and text in the base, its vector copied
+    reused: int = 0  # incremental: the text under another id in the base, its vector copied
+    read_seconds: float = 0.0
+    embedded: int = 0
+    rejected: int = 0
+    embed_seconds: float = 0.0
+    model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
+    padded_tokens: int = 0  # ... padding included
+    copied_from: str | None = None  # the base part committed as this shard's, file to file
+    part: str | None = None  # file name in the snapshot; None: every row was rejected
+    rejects: str | None = None  # path in the snapshot of the rejected rows, if any
+    write_seconds: float | None = None
+
+    @property
+    def vector_rows(self) -> int:
+        """Rows with a vector in the shard's part."""
+        return self.embedded + self.carried + self.reused
+
+    def to_json(self) -> dict[str, Any]:
+        """The marker as the JSON object written to ``_commits/`` and the manifest."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        if self.copied_from is None:
+            del data["copied_from"]
+        else:
+            del data["embed_seconds"], data["model_tokens"], data["padded_tokens"]
+        if self.write_seconds is None:
+            del data["write_seconds"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShardMarker:
+        """A marker as written by any version: missing fields take their defaults."""
+        return cls(**{key: value for key, value in data.items() if key in _MARKER_FIELDS})
+
+
+_MARKER_FIELDS = frozenset(item.name for item in fields(ShardMarker))
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """One line of ``embedfleet status``."""
+
+    run_id: str
+    state: str  # "latest", "complete" or "unfinished"
+    committed: int  # shards with a commit marker
+    planned: int  # shards the run planned (the committed ones where it did not say)
+    vectors: int
+    rejected: int
+
+
+class OutputStore:
     """One job output location (any fsspec URL)."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -77,49 +152,49 @@ class Output:
         self.fs.invalidate_cache()
 
     # ------------------------------------------------------------------ lock
-    def acquire(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Lease:
-        """Take the lease or raise LockedError; a stale or dead owner's lease is taken over."""
+    def acquire(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> OutputLock:
+        """Take the lock or raise LockedError; a stale or dead owner's lock is taken over."""
         self.fs.makedirs(self.root, exist_ok=True)
-        current = self.read_lease()
-        if current is not None and not _lease_is_stale(current):
+        current = self.read_lock()
+        if current is not None and not _lock_is_stale(current):
             raise LockedError(
                 f"{self.uri} is locked by {current.owner} until "
                 f"{_format_time(current.expires)}: another run is writing there. Wait for it, "
                 f"or delete {self.path(LOCK)} if you are sure it is gone."
             )
-        lease = Lease(
+        lock = OutputLock(
             owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             host=socket.gethostname(),
             pid=os.getpid(),
             expires=time.time() + lease_seconds,
         )
-        self._write_lease(lease)
-        confirmed = self.read_lease()
-        if confirmed is None or confirmed.owner != lease.owner:
+        self._write_lock(lock)
+        confirmed = self.read_lock()
+        if confirmed is None or confirmed.owner != lock.owner:
             raise LockedError(f"{self.uri}: another run took the lock at the same moment")
-        return lease
+        return lock
 
-    def renew(self, lease: Lease, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        current = self.read_lease()
-        if current is None or current.owner != lease.owner:
+    def renew(self, lock: OutputLock, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        current = self.read_lock()
+        if current is None or current.owner != lock.owner:
             raise LockedError(f"{self.uri}: the lock was taken over by {current and current.owner}")
-        lease.expires = time.time() + lease_seconds
-        self._write_lease(lease)
+        lock.expires = time.time() + lease_seconds
+        self._write_lock(lock)
 
-    def release(self, lease: Lease) -> None:
-        current = self.read_lease()
-        if current is not None and current.owner == lease.owner:
+    def release(self, lock: OutputLock) -> None:
+        current = self.read_lock()
+        if current is not None and current.owner == lock.owner:
             self.fs.rm(self.path(LOCK))
 
-    def read_lease(self) -> Lease | None:
+    def read_lock(self) -> OutputLock | None:
         try:
             data = json.loads(self.fs.cat_file(self.path(LOCK)))
         except FileNotFoundError:
             return None
-        return Lease(**data)
+        return OutputLock(**data)
 
-    def _write_lease(self, lease: Lease) -> None:
-        blob = json.dumps(lease.__dict__).encode()
+    def _write_lock(self, lock: OutputLock) -> None:
+        blob = json.dumps(lock.__dict__).encode()
         write_bytes_atomically(self.fs, self.path(LOCK), blob)
 
     # ------------------------------------------------------------------ snapshots
@@ -142,11 +217,16 @@ class Output:
     def snapshot(self, run_id: str) -> Snapshot:
         return Snapshot(self, run_id)
 
+    def summaries(self) -> list[SnapshotSummary]:
+        """Every snapshot, oldest first, as ``embedfleet status`` shows it."""
+        latest = self.latest()
+        return [self.snapshot(run_id).summary(latest) for run_id in self.snapshot_ids()]
+
 
 class Snapshot:
     """One run's directory under ``snapshots/``."""
 
-    def __init__(self, output: Output, run_id: str) -> None:
+    def __init__(self, output: OutputStore, run_id: str) -> None:
         self.output = output
         self.run_id = run_id
         self.fs = output.fs
@@ -169,7 +249,7 @@ class Snapshot:
     def is_complete(self) -> bool:
         return self.fs.exists(self.path(MANIFEST))
 
-    def commits(self) -> dict[str, dict[str, Any]]:
+    def commits(self) -> dict[str, ShardMarker]:
         """Commit markers by shard id: the shards that exist for resume."""
         self.output.refresh()
         try:
@@ -179,33 +259,52 @@ class Snapshot:
         markers = {}
         for path in paths:
             if path.endswith(".json"):
-                marker = json.loads(self.fs.cat_file(path))
-                markers[marker["shard_id"]] = marker
+                marker = ShardMarker.from_json(json.loads(self.fs.cat_file(path)))
+                markers[marker.shard_id] = marker
         return markers
 
-    def commit_shard(
-        self, shard_id: str, part: pa.Table | None, rejects: pa.Table | None, info: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Write the part and rejects, then the marker that makes them exist."""
-        marker = {"shard_id": shard_id, **info, "part": None, "rejects": None}
-        if part is not None and part.num_rows:
-            marker["part"] = f"part-{shard_id}.parquet"
-            write_bytes_atomically(self.fs, self.path(marker["part"]), parquet_bytes(part))
-        if rejects is not None and rejects.num_rows:
-            marker["rejects"] = f"{REJECTS}/{shard_id}.parquet"
-            self.fs.makedirs(self.path(REJECTS), exist_ok=True)
-            write_bytes_atomically(self.fs, self.path(marker["rejects"]), parquet_bytes(rejects))
-        blob = json.dumps(marker, indent=2).encode()
-        write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
-        return marker
+    def summary(self, latest: str | None) -> SnapshotSummary:
+        """Its state (given the output's latest run id), shards and rows, from the markers."""
+        markers = self.commits().values()
+        if self.run_id == latest:
+            state = "latest"
+        else:
+            state = "complete" if self.is_complete() else "unfinished"
+        return SnapshotSummary(
+            run_id=self.run_id,
+            state=state,
+            committed=len(markers),
+            planned=len((self.run_info() or {}).get("shards", [])) or len(markers),
+            vectors=sum(marker.vector_rows for marker in markers),
+            rejected=sum(marker.rejected for marker in markers),
+        )
 
-    def adopt_part(self, shard_id: str, source: str, info: dict[str, Any]) -> dict[str, Any]:
+    def commit_shard(
+        self, marker: ShardMarker, part: pa.Table | None, rejects: pa.Table | None
+    ) -> ShardMarker:
+        """Write the part and rejects, then the marker that makes them exist (its ``part``
+        and ``rejects`` name what was written)."""
+        shard_id = marker.shard_id
+        names: dict[str, str | None] = {"part": None, "rejects": None}
+        if part is not None and part.num_rows:
+            names["part"] = f"part-{shard_id}.parquet"
+            write_bytes_atomically(self.fs, self.path(names["part"]), parquet_bytes(part))
+        if rejects is not None and rejects.num_rows:
+            names["rejects"] = f"{REJECTS}/{shard_id}.parquet"
+            self.fs.makedirs(self.path(REJECTS), exist_ok=True)
+            write_bytes_atomically(self.fs, self.path(names["rejects"]), parquet_bytes(rejects))
+        return self._write_marker(replace(marker, **names))
+
+    def adopt_part(self, marker: ShardMarker, source: str) -> ShardMarker:
         """Commit ``source`` (a part of another snapshot, on the same filesystem) as this
         shard's part by copying the file: server-side on object stores."""
-        marker = {"shard_id": shard_id, **info, "part": f"part-{shard_id}.parquet", "rejects": None}
-        copy_atomically(self.fs, source, self.path(marker["part"]))
-        blob = json.dumps(marker, indent=2).encode()
-        write_bytes_atomically(self.fs, self.path(COMMITS, f"{shard_id}.json"), blob)
+        marker = replace(marker, part=f"part-{marker.shard_id}.parquet", rejects=None)
+        copy_atomically(self.fs, source, self.path(marker.part))
+        return self._write_marker(marker)
+
+    def _write_marker(self, marker: ShardMarker) -> ShardMarker:
+        blob = json.dumps(marker.to_json(), indent=2).encode()
+        write_bytes_atomically(self.fs, self.path(COMMITS, f"{marker.shard_id}.json"), blob)
         return marker
 
     def keep_only(self, shard_ids: set[str]) -> list[str]:
@@ -237,7 +336,7 @@ class Snapshot:
         manifest = {
             "run_id": self.run_id,
             **summary,
-            "shards": [markers[shard] for shard in sorted(markers)],
+            "shards": [markers[shard].to_json() for shard in sorted(markers)],
         }
         write_bytes_atomically(
             self.fs, self.path(MANIFEST), json.dumps(manifest, indent=2).encode()
@@ -252,7 +351,7 @@ class Snapshot:
         self.fs.rm(self.root, recursive=True)
 
 
-def prune(output: Output, keep: int) -> list[str]:
+def prune(output: OutputStore, keep: int) -> list[str]:
     """Delete complete snapshots beyond the newest ``keep``, and unfinished ones older
     than the latest (they can no longer be resumed). Returns the removed run ids."""
     latest = output.latest()
@@ -273,7 +372,7 @@ def read(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     """The latest complete snapshot under ``uri`` as a pyarrow dataset."""
     import pyarrow.dataset as ds
 
-    output = Output(uri, storage_options)
+    output = OutputStore(uri, storage_options)
     output.refresh()
     latest = output.latest()
     if latest is None:
@@ -281,12 +380,12 @@ def read(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     return ds.dataset(output.snapshot(latest).root, format="parquet", filesystem=output.fs)
 
 
-def _lease_is_stale(lease: Lease) -> bool:
-    if lease.expires < time.time():
+def _lock_is_stale(lock: OutputLock) -> bool:
+    if lock.expires < time.time():
         return True
-    if lease.host == socket.gethostname():
+    if lock.host == socket.gethostname():
         try:
-            os.kill(lease.pid, 0)
+            os.kill(lock.pid, 0)
         except ProcessLookupError:
             return True  # the owner died on this machine
         except PermissionError:

@@ -1,0 +1,217 @@
+"""What a run would do, decided before any work: which snapshot it writes, what it
+carries from, and how many tokens it would be billed.
+
+``embedfleet plan`` shows this without embedding or writing anything, and ``run()``
+acts on the same answer, so what a user reviewed is what runs. Tokens are counted on
+real text with the provider's own counter: small datasets whole, larger ones from a
+sample spread over the dataset, scaled to the planned rows (and said so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedfleet import pricing
+from embedfleet.embedding_functions.base import EmbeddingFunction
+from embedfleet.errors import ConfigError, EmbedfleetError
+from embedfleet.job import sources
+from embedfleet.job.billing import billed_tokens
+from embedfleet.job.sources import Shard
+from embedfleet.job.spec import SourceSpec
+from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
+
+PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
+PLAN_SAMPLE_SHARDS = 8  # ... from this many shards spread over the dataset
+
+
+@dataclass
+class JobPlan:
+    fingerprint: str
+    shards: list[Shard]
+    estimated_rows: int
+    estimated_tokens: int  # input tokens of every shard, as the provider counts them
+    snapshot: str | None  # the snapshot this run would write (resume target) or None: new
+    committed: int  # shards already committed in that snapshot
+    note: str  # one line saying what the run would do
+    token_basis: str = ""  # how estimated_tokens was found ("counted over all N rows", ...)
+    price: pricing.Price = field(default_factory=lambda: pricing.Price(0.0, "local model"))
+    token_limit: int | None = None  # this run's budget in tokens; None: no limit
+    base: str | None = None  # incremental: the snapshot unchanged rows are carried from
+
+    @property
+    def estimated_cost(self) -> float | None:
+        """USD for every shard (None: the price is unknown)."""
+        return self.price.cost(self.estimated_tokens)
+
+    def budget_note(self) -> str | None:
+        """Whether the estimate fits in the run's budget; None without a budget."""
+        if self.token_limit is None:
+            return None
+        needed = self.estimated_tokens
+        if self.shards and self.committed:  # a resume pays only for what is left
+            left = len(self.shards) - self.committed
+            needed = math.ceil(needed * left / len(self.shards))
+        verdict = "fits" if needed <= self.token_limit else "exceeds it: the run would stop early"
+        return f"{self.token_limit:,} tokens this run; the estimate ({needed:,}) {verdict}"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "shards": len(self.shards),
+            "estimated_rows": self.estimated_rows,
+            "estimated_tokens": self.estimated_tokens,
+            "token_basis": self.token_basis,
+            "estimated_cost": self.estimated_cost,
+            "price_per_million_tokens": self.price.per_million_tokens,
+            "price_source": self.price.source,
+            "token_limit": self.token_limit,
+            "budget": self.budget_note(),
+            "snapshot": self.snapshot,
+            "committed_shards": self.committed,
+            "base": self.base,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotChoice:
+    snapshot: str | None  # the unfinished snapshot to resume, or None for a new one
+    committed: int  # its shards already committed
+    note: str  # what the run would do
+    base: str | None = None  # incremental: the complete snapshot to carry rows from
+
+
+def choose_snapshot(
+    output: OutputStore, mode: str, fingerprint: str, shards: list[Shard]
+) -> SnapshotChoice:
+    """``overwrite``: a new snapshot. ``resume``: the newest unfinished snapshot newer
+    than ``_latest`` if made with this fingerprint (else a ConfigError), or a new one.
+    ``incremental``: like resume, but another fingerprint starts a new snapshot, and a
+    new snapshot carries from the latest complete one if made with this fingerprint."""
+    if mode == "overwrite":
+        return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every shard")
+    latest = output.latest()
+    unfinished = [
+        run
+        for run in output.snapshot_ids()
+        if (latest is None or run > latest) and not output.snapshot(run).is_complete()
+    ]
+    if not unfinished:
+        if mode == "incremental":
+            return _incremental_base(output, fingerprint, latest)
+        return SnapshotChoice(None, 0, "a new snapshot embeds every shard")
+    newest = output.snapshot(unfinished[-1])
+    info = newest.run_info() or {}
+    if info.get("fingerprint") != fingerprint and mode == "incremental":
+        note = (
+            f"incremental: the unfinished {newest.relative} was made with another "
+            "provider or config, so a new snapshot re-embeds every row (full re-embed)"
+        )
+        return SnapshotChoice(None, 0, note)
+    if info.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"the unfinished snapshot {newest.relative} was made with another provider or "
+            f"config (fingerprint {info.get('fingerprint')}, this spec {fingerprint}); "
+            "resuming would mix vectors. Run with mode 'overwrite' to start a new snapshot."
+        )
+    committed = len(still_committed(newest.commits(), shards))
+    base = info.get("base")
+    note = f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
+    if base:
+        note += f" (incremental from {SNAPSHOTS}/{base})"
+    return SnapshotChoice(newest.run_id, committed, note, base)
+
+
+def _incremental_base(output: OutputStore, fingerprint: str, latest: str | None) -> SnapshotChoice:
+    """A new snapshot of an incremental run, and what it carries unchanged rows from."""
+    if latest is None:
+        return SnapshotChoice(
+            None, 0, "incremental: no complete snapshot yet, so every row is embedded"
+        )
+    info = output.snapshot(latest).run_info() or {}
+    if info.get("fingerprint") != fingerprint:
+        note = (
+            f"incremental: the embedding function or its config changed since "
+            f"{SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
+            f"{fingerprint}), so every row is re-embedded (full re-embed)"
+        )
+        return SnapshotChoice(None, 0, note)
+    note = (
+        f"incremental from {SNAPSHOTS}/{latest}: unchanged rows are carried over, "
+        "texts it already has are reused, new and changed rows are embedded, and ids "
+        "no longer in the source are dropped"
+    )
+    return SnapshotChoice(None, 0, note, latest)
+
+
+def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dict[str, ShardMarker]:
+    """The markers of planned shards whose source file has not changed since they were
+    committed: a resume re-embeds a shard whose file changed in between."""
+    versions = {shard.shard_id: shard.source_version for shard in shards}
+    return {
+        shard_id: marker
+        for shard_id, marker in markers.items()
+        if shard_id in versions and marker.source_version == versions[shard_id]
+    }
+
+
+def estimate_tokens(
+    shards: list[Shard], source: SourceSpec, counter: EmbeddingFunction | None
+) -> tuple[int, str]:
+    """Tokens of every shard, and how they were found.
+
+    Small datasets are read whole and counted. Larger ones are sampled: up to
+    ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
+    over the dataset, scaled by the planned row count (an estimate, and said so).
+    """
+    if not shards:
+        return 0, "no rows"
+    picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
+    per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
+    rows = counted = 0
+    whole = len(picks) == len(shards)
+    for index in picks:
+        try:
+            shard_rows, shard_tokens, complete = _sample(shards[index], source, counter, per_shard)
+        except (EmbedfleetError, OSError):  # fails when run, naming the file
+            whole = False
+            continue
+        rows, counted, whole = rows + shard_rows, counted + shard_tokens, whole and complete
+    if whole:
+        return counted, f"counted over all {rows:,} rows"
+    if not rows:  # a token is at least one byte of UTF-8
+        upper = sum(shard.estimated_bytes for shard in shards)
+        return upper, "upper bound from text bytes (no rows could be sampled)"
+    total_rows = max(rows, sum(shard.estimated_rows for shard in shards))
+    return math.ceil(counted * total_rows / rows), (
+        f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
+        f"scaled to ~{total_rows:,} rows"
+    )
+
+
+def _sample(
+    shard: Shard, source: SourceSpec, counter: EmbeddingFunction | None, limit: int
+) -> tuple[int, int, bool]:
+    """(rows read, their tokens, whether that was the whole shard)."""
+    rows, texts = 0, []
+    stream = sources.read_shard(shard, source, batch_rows=min(limit, 2048))
+    try:
+        for piece in stream:
+            rows += len(piece.ids)
+            texts += [text for text in piece.texts if text is not None and text.strip()]
+            if rows >= limit:
+                return rows, billed_tokens(counter, texts), False
+    finally:
+        stream.close()
+    return rows, billed_tokens(counter, texts), True
+
+
+def _spread(count: int, picks: int) -> list[int]:
+    """Up to ``picks`` indices of ``range(count)``: first, last and evenly between."""
+    if count <= picks:
+        return list(range(count))
+    if picks == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (picks - 1)) for i in range(picks)})

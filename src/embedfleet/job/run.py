@@ -1,0 +1,380 @@
+"""``Job``: plan a run, then embed every shard not yet committed, on Ray.
+
+The driver only decides and schedules: it holds the output's lock, picks the
+snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
+(``2 x replicas``), so neither memory nor Ray's queue grows with the dataset.
+``_latest`` moves only when every planned shard committed; a failed shard, a
+signal or the budget leave the snapshot resumable, and a re-run embeds only what
+is missing.
+
+Budgets (``[budget]``, per run): each shard task reserves its tokens in one
+``TokenBudget`` actor before embedding. The actor serialises reservations, so
+shards running in parallel can never together go over; after the first refusal
+the driver submits nothing more, shards already embedding finish and commit, and
+the run ends incomplete with ``budget_stopped``. The budget is not in the
+fingerprint, so a re-run with a higher budget resumes the same snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from embedfleet import pricing
+from embedfleet.embedding_functions import registry
+from embedfleet.embedding_functions.base import EmbeddingFunction
+from embedfleet.errors import ConfigError
+from embedfleet.job import incremental, sources
+from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
+from embedfleet.job.progress import ShardProgress
+from embedfleet.job.result import JobResult
+from embedfleet.job.run_control import StopOnSignal, locked_run
+from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
+from embedfleet.job.sources import Shard
+from embedfleet.job.spec import JobSpec
+from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
+from embedfleet.output_format import embedding_metadata
+
+if TYPE_CHECKING:
+    from embedfleet.fleet import RemoteEmbeddingFunction
+
+logger = logging.getLogger(__name__)
+
+
+class Job:
+    """``Job(spec)`` / ``Job.from_toml(path)``; ``plan()`` and ``run()``."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.function: EmbeddingFunction = registry.build(
+            spec.embedding.provider, spec.embedding.config
+        )
+        self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
+        self.output = OutputStore(spec.output.uri, spec.output.storage_options)
+        # API providers count tokens as they bill them; local models cost nothing per token.
+        self.counter = (
+            self.function if callable(getattr(self.function, "request_tokens", None)) else None
+        )
+        self.budget()  # a max_cost without a price fails here, before any work
+
+    def budget(self) -> tuple[pricing.Price, int | None]:
+        """The provider's price and this run's token limit, from the spec's ``[budget]``."""
+        budget = self.spec.budget
+        price = pricing.price_for(
+            self.function.provider_name,
+            getattr(self.function, "model_name", None),
+            api=self.counter is not None,
+            override=budget.price_per_million_tokens,
+        )
+        return price, pricing.token_limit(budget.max_tokens, budget.max_cost, price)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Job:
+        return cls(JobSpec.from_toml(path))
+
+    def plan(self) -> JobPlan:
+        """What ``run()`` would do, reading only the source's listing, a sample of its
+        rows and the output's markers: nothing is embedded or written."""
+        price, limit = self.budget()
+        shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
+        choice = choose_snapshot(self.output, self.spec.output.mode, self.fingerprint, shards)
+        estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.counter)
+        if choice.base is not None:
+            basis += "; an upper bound: this incremental run embeds only new and changed rows"
+        return JobPlan(
+            fingerprint=self.fingerprint,
+            shards=shards,
+            estimated_rows=sum(shard.estimated_rows for shard in shards),
+            estimated_tokens=estimated_tokens,
+            snapshot=choice.snapshot,
+            committed=choice.committed,
+            note=choice.note,
+            token_basis=basis,
+            price=price,
+            token_limit=limit,
+            base=choice.base,
+        )
+
+    def run(
+        self,
+        *,
+        progress: bool = True,
+        on_shard: Callable[[ShardMarker], None] | None = None,
+    ) -> JobResult:
+        """Embed every shard not yet committed (``on_shard`` gets each new marker);
+        see the module docstring."""
+        started = time.perf_counter()
+        with locked_run(self.output) as signals:
+            result = self._run_locked(signals, progress, on_shard, started)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _run_locked(
+        self,
+        signals: StopOnSignal,
+        progress: bool,
+        on_shard: Callable[[ShardMarker], None] | None,
+        started: float,
+    ) -> JobResult:
+        plan = self.plan()
+        snapshot = self.output.snapshot(plan.snapshot or new_run_id())
+        committed = still_committed(snapshot.commits(), plan.shards)
+        todo = [shard for shard in plan.shards if shard.shard_id not in committed]
+        recorded = (snapshot.run_info() or {}).get("embedding") if plan.snapshot else None
+        result = JobResult(
+            run_id=snapshot.run_id,
+            snapshot=snapshot.relative,
+            complete=False,
+            shards=len(plan.shards),
+            shards_skipped=len(plan.shards) - len(todo),
+            estimated_tokens=plan.estimated_tokens,
+            token_limit=plan.token_limit,
+        )
+        for marker in committed.values():
+            result.count_resumed(marker)
+        run = _Run(plan, snapshot, result, todo, signals, progress, on_shard, started)
+        try:
+            # the fleet first: the metadata comes from a replica (see _metadata)
+            if todo or recorded is None:
+                run.fleet = self._start_fleet(signals)
+            run.metadata = self._metadata(run.fleet, recorded)
+            if plan.snapshot is None:
+                snapshot.start(self._run_info(run))
+            if plan.base is not None:
+                run.base = incremental.build_index(self.output.snapshot(plan.base))
+            embedded_at = self._embed_shards(run) if todo else time.perf_counter()
+        finally:
+            run.release()
+        if run.stop.is_set():
+            raise KeyboardInterrupt
+        self._finish(run)
+        result.finish_seconds = time.perf_counter() - embedded_at
+        return result
+
+    def _start_fleet(self, signals: StopOnSignal) -> RemoteEmbeddingFunction:
+        """Ray (local, or the configured cluster) and the job's fleet of replicas."""
+        import ray
+
+        from embedfleet.fleet import RemoteEmbeddingFunction
+
+        fleet_spec = self.spec.fleet
+        if not ray.is_initialized():
+            ray.init(
+                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
+            )
+            signals.install()
+        return RemoteEmbeddingFunction(
+            self.function,
+            replicas=fleet_spec.replicas,
+            num_cpus=fleet_spec.num_cpus,
+            num_gpus=fleet_spec.num_gpus,
+            max_pending_per_replica=fleet_spec.max_pending_per_replica,
+            batch_size=fleet_spec.batch_size,
+            resources=fleet_spec.resources,
+            start_timeout=fleet_spec.start_timeout,
+            name=f"job:{self.output.uri}",
+        )
+
+    def _metadata(
+        self, fleet: RemoteEmbeddingFunction | None, recorded: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """What the vectors are recorded with: the function as a replica resolved it (the
+        device, precision and quality guards of where it runs; the driver never loads the
+        model), or, when a resumed snapshot has nothing left to embed, what it recorded."""
+        if fleet is None:
+            assert recorded is not None
+            return dict(recorded)
+        return {**embedding_metadata(fleet), "job_fingerprint": self.fingerprint}
+
+    def _run_info(self, run: _Run) -> dict[str, Any]:
+        """``_run.json`` of a new snapshot: what a resume checks and a reader trusts."""
+        return {
+            "run_id": run.snapshot.run_id,
+            "fingerprint": self.fingerprint,
+            "spec": self.spec.to_public_dict(),
+            "embedding": run.metadata,
+            "shards": [shard.shard_id for shard in run.plan.shards],
+            "mode": self.spec.output.mode,
+            "base": run.plan.base,
+        }
+
+    def _embed_shards(self, run: _Run) -> float:
+        """Keep up to ``2 x replicas`` shard tasks in flight until every shard is in, the
+        budget refused one or a signal came; returns when the last shard was in."""
+        import ray
+
+        result, fleet = run.result, run.fleet
+        assert fleet is not None
+        result.placement = list(fleet.placement)
+        window = max(2, 2 * self.spec.fleet.replicas)
+        # Start the shard tasks' worker processes now (imports included): part of
+        # start-up, not of the first shards' time.
+        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
+        ray.get([warm.remote() for _ in range(window)])
+        result.startup_seconds = time.perf_counter() - run.started
+        task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
+        if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
+            run.budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(run.plan.token_limit)
+        run.bar = ShardProgress(sum(shard.estimated_rows for shard in run.todo), run.progress)
+        context = ShardContext(
+            spec=self.spec,
+            fleet=fleet,
+            run_id=run.snapshot.run_id,
+            metadata=run.metadata,
+            counter=self.counter,
+            budget=run.budget,
+            base=run.base,
+        )
+        context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
+        queue = list(run.todo)
+        while ((queue and not result.budget_stopped) or run.pending) and not run.stop.is_set():
+            while queue and len(run.pending) < window and not result.budget_stopped:
+                shard = queue.pop(0)
+                run.pending[task.remote(shard, context_ref)] = shard
+            done, _ = ray.wait(list(run.pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                run.collect(ref)
+        return time.perf_counter()  # the last shard is in; what follows is the finish
+
+    def _finish(self, run: _Run) -> None:
+        """Count what is left; when nothing is, make the snapshot complete: drop stale
+        commits, check ids, roll up the manifest, move ``_latest``, prune."""
+        plan, snapshot, result = run.plan, run.snapshot, run.result
+        result.estimated_cost = plan.price.cost(result.tokens)
+        valid = still_committed(snapshot.commits(), plan.shards)
+        result.shards_remaining = len({shard.shard_id for shard in plan.shards} - set(valid))
+        if result.budget_stopped:
+            logger.warning(
+                "stopped at the budget (%s tokens this run): %d tokens used, %d of %d shards "
+                "remain; re-run to resume, with a fresh per-run budget",
+                plan.token_limit,
+                result.tokens,
+                result.shards_remaining,
+                result.shards,
+            )
+        if result.failed_shards or result.budget_stopped:
+            return
+        for path in snapshot.keep_only(set(valid)):
+            logger.info("removed %s: its shard is no longer in the source as committed", path)
+        self._check_unique_ids(snapshot)
+        markers = list(valid.values())
+        total_tokens = sum(marker.tokens for marker in markers)
+        if run.base is not None:
+            result.deleted = incremental.deleted(run.base, snapshot)
+        snapshot.finish(
+            {
+                "fingerprint": self.fingerprint,
+                "embedding": run.metadata,
+                "mode": self.spec.output.mode,
+                "base": plan.base,
+                "rows": result.rows_read,
+                "vectors": sum(marker.vector_rows for marker in markers),
+                "embedded": sum(marker.embedded for marker in markers),
+                "carried_over": sum(marker.carried for marker in markers),
+                "reused": sum(marker.reused for marker in markers),
+                "deleted": result.deleted,
+                "rejected": result.rejected,
+                "tokens": total_tokens,
+                "estimated_cost": plan.price.cost(total_tokens),
+                "price": plan.price.to_dict(),
+            }
+        )
+        result.complete = True
+        prune(self.output, self.spec.output.keep_snapshots)
+
+    def _check_unique_ids(self, snapshot: Snapshot) -> None:
+        """Ids from different shards must not collide (within a shard, reading checks)."""
+        if self.spec.source.id_column is None:
+            return  # derived ids are unique by construction
+        import pyarrow.dataset as ds
+
+        snapshot.output.refresh()
+        dataset = ds.dataset(snapshot.root, format="parquet", filesystem=snapshot.fs)
+        ids = dataset.to_table(columns=["id"])["id"]
+        counts = pa.compute.value_counts(ids)
+        duplicates = [item["values"] for item in counts.to_pylist() if item["counts"] > 1]
+        if duplicates:
+            raise ConfigError(
+                f"id column {self.spec.source.id_column!r} has duplicate values across "
+                f"files: {sorted(map(str, duplicates))[:10]}"
+            )
+
+
+@dataclass
+class _Run:
+    """One run of a job, from its plan to its finish: what the steps share, and, in
+    ``release``, the one place the run lets go of what it started on Ray."""
+
+    plan: JobPlan
+    snapshot: Snapshot
+    result: JobResult
+    todo: list[Shard]  # planned shards without a commit that still counts
+    signals: StopOnSignal  # SIGINT/SIGTERM set its ``stop``
+    progress: bool  # show a progress bar
+    on_shard: Callable[[ShardMarker], None] | None
+    started: float  # perf_counter() when run() was called
+    metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
+    fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
+    budget: Any = None  # the TokenBudget actor, with a token limit
+    base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
+    bar: ShardProgress | None = None
+    pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
+    shards_done: int = 0
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.signals.stop
+
+    def collect(self, ref: Any) -> None:
+        """Count one finished shard task; one shard's failure never stops the others."""
+        import ray
+
+        shard, result = self.pending.pop(ref), self.result
+        try:
+            answer = ray.get(ref)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
+            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
+            self._advance(shard.estimated_rows)
+            return
+        if isinstance(answer, OverBudget):  # not embedded: no further shard starts
+            result.budget_stopped = True
+            return
+        result.count_committed(answer)
+        self._advance(answer.rows)
+        if self.on_shard is not None:
+            self.on_shard(answer)
+
+    def _advance(self, rows: int) -> None:
+        self.shards_done += 1
+        if self.bar is not None:
+            self.bar.advance(rows, self.result, self.shards_done, len(self.todo))
+
+    def release(self) -> None:
+        """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
+        the bar: after the last shard, and however the run ends."""
+        if self.pending:
+            import ray
+
+            for ref in self.pending:
+                ray.cancel(ref, force=True)
+        if self.fleet is not None:
+            self.fleet.shutdown()
+        if self.budget is not None:
+            import ray
+
+            ray.kill(self.budget)
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _warm_worker() -> None:
+    """Nothing to do: running it starts a worker process with the job code imported."""
