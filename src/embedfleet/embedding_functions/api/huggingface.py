@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.base import Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ProviderError
 

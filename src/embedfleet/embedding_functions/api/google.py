@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.base import Documents, check_positive_int
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedfleet.embedding_functions.base import Documents, Requirement
-from embedfleet.embedding_functions.http import (
+from embedfleet.embedding_functions.api.base import (
     API_INSTALL_HINT,
     HttpEmbeddingFunction,
     HttpFailure,
     HttpOptions,
 )
+from embedfleet.embedding_functions.base import Documents, Requirement
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError
 from embedfleet.tokens import count_tokens, encoding_for_model

@@ -1,0 +1,1 @@
+"""API providers: embedding functions that call a remote service over HTTP."""
