@@ -1,9 +1,12 @@
 """OpenAI, Azure OpenAI and OpenAI-compatible servers, through the official SDK.
 
-The SDK's own retries are off (``max_retries=0``): retries happen once, in the
-shared HTTP layer, which maps the SDK's exceptions like any other HTTP failure.
-Vectors are requested base64-encoded (a quarter of the bytes of JSON floats)
-unless ``encoding_format="float"``; both are decoded here.
+The SDK knows the routes (Azure's deployment paths, API versions) and headers,
+so requests travel through it (:class:`OpenAISdkTransport`) instead of raw httpx;
+the wire format itself is OpenAI's documented ``/embeddings`` body. The SDK's own
+retries are off (``max_retries=0``): retries happen once, in the shared layer,
+which sees the SDK's exceptions mapped to the same failures as any other HTTP
+error. Vectors are requested base64-encoded, which is far smaller on the wire
+than JSON floats, unless ``encoding_format="float"``; both are decoded here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import numpy as np
 from embedfleet.embedding_functions.api.base import (
     API_INSTALL_HINT,
     HttpEmbeddingFunction,
-    HttpFailure,
     HttpOptions,
 )
+from embedfleet.embedding_functions.api.transport import ApiRequest, HttpFailure, Transport
 from embedfleet.embedding_functions.base import Documents, Requirement
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError
@@ -26,6 +29,29 @@ from embedfleet.tokens import count_tokens, encoding_for_model
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+
+class OpenAISdkTransport:
+    """Sends an ``/embeddings`` body as ``client.embeddings.create(**body)`` and returns
+    the SDK's response; every SDK failure becomes an :class:`HttpFailure`.
+
+    The SDK's exceptions are never chained: their text may echo the key.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def send(self, request: ApiRequest) -> Any:
+        import openai
+
+        try:
+            return self.client.embeddings.create(**request.body)
+        except openai.APIStatusError as exc:  # chained to nothing: its text may echo the key
+            raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from None
+        except openai.APIConnectionError as exc:
+            raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from None
+        except (ValueError, openai.APIResponseValidationError) as exc:  # truncated JSON
+            raise HttpFailure(200, {}, f"unreadable answer: {type(exc).__name__}") from None
 
 
 @register("openai")
@@ -84,63 +110,58 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
             "encoding_format": self.encoding_format,
         }
 
-    def _http(self) -> Any:
-        """The SDK client, in the slot the shared layer keeps for its client."""
-        with self._client_lock:
-            if self._client is None:
-                import openai
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
+        """The documented ``/embeddings`` body; no path, as the SDK picks the route (and
+        errors name ``api_base``)."""
+        body: dict[str, Any] = {
+            "input": texts,
+            "model": self.deployment_id or self.model_name,
+            "encoding_format": self.encoding_format,
+        }
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        return ApiRequest("", body)
 
-                common = {
-                    # never None: the SDK would then read OPENAI_API_KEY itself and send it
-                    # to whatever server api_base names
-                    "api_key": self.api_key() or "no-key",
-                    "organization": self.organization_id,
-                    "default_headers": self.default_headers or None,
-                    "timeout": self.timeout,
-                    "max_retries": 0,  # retries live in the shared layer
-                }
-                if self.api_type == "azure":
-                    self._client = openai.AzureOpenAI(
-                        azure_endpoint=self.api_base,
-                        api_version=self.api_version,
-                        azure_deployment=self.deployment_id,
-                        **common,
-                    )
-                else:
-                    self._client = openai.OpenAI(base_url=self.api_base, **common)
-            return self._client
-
-    def request_tokens(self, texts: Documents) -> list[int]:
-        """tiktoken's exact counts where its files are at hand, else a safe estimate."""
-        return count_tokens(texts, encoding=encoding_for_model(self.model_name))
-
-    def embed_request(self, texts: Documents, *, query: bool, tokens: int = 0) -> list[Any]:
-        return self.with_retries(lambda: self._create(texts), self.api_base, tokens=tokens)  # type: ignore[no-any-return]
-
-    def _create(self, chunk: Documents) -> list[Any]:
-        """One SDK call, its vectors decoded; every failure an HttpFailure."""
-        response = self._call(chunk)
+    def parse_vectors(self, payload: Any) -> list[Any]:
+        """The SDK response's vectors in input order; damaged base64 or a damaged shape
+        is an unreadable answer, retried."""
         try:
-            return [_decode(item.embedding) for item in sorted(response.data, key=_index)]
-        except (AttributeError, TypeError, ValueError) as exc:  # base64 or shape damaged
+            return [_decode(item.embedding) for item in sorted(payload.data, key=_index)]
+        except (AttributeError, TypeError, ValueError) as exc:
             raise HttpFailure(200, {}, f"unreadable vectors: {type(exc).__name__}") from None
 
-    def _call(self, chunk: Documents) -> Any:
+    def make_transport(self) -> Transport:
+        """The official SDK client, with its own retries off."""
         import openai
 
-        options: dict[str, Any] = {"encoding_format": self.encoding_format}
-        if self.dimensions is not None:
-            options["dimensions"] = self.dimensions
-        try:
-            return self._http().embeddings.create(
-                input=chunk, model=self.deployment_id or self.model_name, **options
+        common: dict[str, Any] = {
+            # never None: the SDK would then read OPENAI_API_KEY itself and send it
+            # to whatever server api_base names
+            "api_key": self.api_key() or "no-key",
+            "organization": self.organization_id,
+            "default_headers": self.default_headers or None,
+            "timeout": self.timeout,
+            "max_retries": 0,  # retries live in the shared layer
+        }
+        if self.api_type == "azure":
+            client: Any = openai.AzureOpenAI(
+                azure_endpoint=self.api_base,
+                api_version=self.api_version,
+                azure_deployment=self.deployment_id,
+                **common,
             )
-        except openai.APIStatusError as exc:  # chained to nothing: its text may echo the key
-            raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from None
-        except openai.APIConnectionError as exc:
-            raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from None
-        except (ValueError, openai.APIResponseValidationError) as exc:  # truncated JSON
-            raise HttpFailure(200, {}, f"unreadable answer: {type(exc).__name__}") from None
+        else:
+            client = openai.OpenAI(base_url=self.api_base, **common)
+        return OpenAISdkTransport(client)
+
+    def headers(self) -> dict[str, str]:
+        """None of ours: the SDK client sends the key itself (a bearer token, or Azure's
+        ``api-key`` header)."""
+        return {}
+
+    def billed_tokens(self, texts: Documents) -> list[int]:
+        """tiktoken's exact counts where its files are at hand, else a safe estimate."""
+        return count_tokens(texts, encoding=encoding_for_model(self.model_name))
 
 
 def _index(item: Any) -> int:
