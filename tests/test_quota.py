@@ -21,10 +21,9 @@ from embedfleet.quota import (
     Pacer,
     QuotaLedger,
     RateLimits,
-    _LocalLedger,
-    _RemoteLedger,
     quota_key,
 )
+from embedfleet.quota.shared import RemoteLedger
 
 
 class FakeClock:
@@ -43,7 +42,7 @@ class FakeClock:
 
 def pacers(limits: RateLimits, count: int, clock: FakeClock) -> list[Pacer]:
     """``count`` processes sharing one ledger (as a fleet's replicas share an actor)."""
-    ledger = _LocalLedger(QuotaLedger(limits, clock=clock))
+    ledger = QuotaLedger(limits, clock=clock)
     return [Pacer(ledger, limits, clock=clock, sleep=clock.sleep) for _ in range(count)]
 
 
@@ -71,7 +70,7 @@ def test_requests_leave_evenly_spaced_at_the_configured_rate():
 
 def test_replicas_sharing_a_ledger_never_exceed_the_rate_together():
     clock = FakeClock()
-    ledger = _LocalLedger(QuotaLedger(RateLimits(requests_per_minute=300), clock=clock))
+    ledger = QuotaLedger(RateLimits(requests_per_minute=300), clock=clock)
     # many threads waiting at once: nobody's sleep moves the clock, each gets its slot
     replicas = [
         Pacer(ledger, RateLimits(requests_per_minute=300), clock=clock, sleep=lambda _: None)
@@ -285,7 +284,7 @@ def test_an_idle_quota_actor_exits_and_the_next_caller_gets_a_fresh_one(local_ra
     limits = RateLimits(requests_per_minute=6000)
     key = "quota-idle-test"
     actor = shared_ledger(key, limits, idle_seconds=2.0)
-    ledger = _RemoteLedger(key, limits)  # what a replica holds: the same actor, by name
+    ledger = RemoteLedger(key, limits)  # what a replica holds: the same actor, by name
     timer = threading.Event()
     in_use_until = time.monotonic() + 4.0  # twice the idle time, with calls 0.25 s apart
     while time.monotonic() < in_use_until:

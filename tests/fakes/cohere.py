@@ -7,11 +7,20 @@ from typing import Any
 from embedfleet.testing import HashEmbeddingFunction
 
 MAX_TEXTS = 96
+POISON_MESSAGE = "invalid request: text is not allowed"
 _vectors = HashEmbeddingFunction(dimension=10, query_prefix="")
 
 
 def expected_vectors(texts: list[str], input_type: str) -> list[list[float]]:
     return [vector.tolist() for vector in _vectors([f"{input_type}|{text}" for text in texts])]
+
+
+def texts_of(body: Any) -> list[str]:
+    return body["texts"]
+
+
+def kinds_of(body: Any) -> set[str]:
+    return {body["input_type"]}
 
 
 def answer(path: str, body: Any) -> tuple[int, Any]:
@@ -24,6 +33,8 @@ def answer(path: str, body: Any) -> tuple[int, Any]:
         return 400, {
             "message": f"invalid request: total number of texts must be at most {MAX_TEXTS}"
         }
+    if "POISON" in texts:
+        return 400, {"message": POISON_MESSAGE}
     types = body.get("embedding_types") or ["float"]
     return 200, {
         "id": "fake",

@@ -3,7 +3,9 @@
 Each fake answers like one provider's documented wire format; every request is
 recorded (path, headers, JSON body) so tests can check what was sent, and
 ``faults`` queues answers to give instead of the normal one (status, headers,
-raw body), for 429 / 500 / truncated JSON / wrong counts.
+raw body), for 429 / 500 / truncated JSON / wrong counts. A wrong bearer key is
+answered 401 with the key echoed back (``refusal`` shapes that answer), as some
+providers do, so tests can check that it is redacted.
 """
 
 from __future__ import annotations
@@ -34,9 +36,15 @@ class Fault:
 class FakeServer:
     """Serves ``answer(path, body) -> (status, json)`` until stopped."""
 
-    def __init__(self, answer: Callable[[str, Any], tuple[int, Any]], api_key: str | None = None):
+    def __init__(
+        self,
+        answer: Callable[[str, Any], tuple[int, Any]],
+        api_key: str | None = None,
+        refusal: Callable[[str | None], Any] | None = None,
+    ):
         self.answer = answer
         self.api_key = api_key
+        self.refusal = refusal or _refusal
         self.requests: list[Recorded] = []
         self.faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -61,8 +69,9 @@ class FakeServer:
                     return self._send(fault.status, fault.body, fault.headers)
                 if server.api_key is not None:
                     expected = f"Bearer {server.api_key}"
-                    if self.headers.get("Authorization") != expected:
-                        error = {"error": "invalid credentials", "error_type": "Unauthorized"}
+                    presented = self.headers.get("Authorization")
+                    if presented != expected:
+                        error = server.refusal(presented)
                         return self._send(401, json.dumps(error).encode())
                 status, payload = server.answer(self.path, body)
                 return self._send(status, json.dumps(payload).encode())
@@ -87,3 +96,8 @@ class FakeServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+def _refusal(presented: str | None) -> Any:
+    """TEI's error shape, echoing the credentials it refused."""
+    return {"error": f"invalid credentials: {presented}", "error_type": "Unauthorized"}

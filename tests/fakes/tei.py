@@ -7,11 +7,20 @@ from typing import Any
 from embedfleet.testing import HashEmbeddingFunction
 
 MAX_CLIENT_BATCH_SIZE = 32
+POISON_MESSAGE = "input is not allowed"
 _vectors = HashEmbeddingFunction(dimension=16, query_prefix="")
 
 
-def expected_vectors(texts: list[str]) -> list[list[float]]:
+def expected_vectors(texts: list[str], kind: str | None = None) -> list[list[float]]:
     return [vector.tolist() for vector in _vectors(texts)]
+
+
+def texts_of(body: Any) -> list[str]:
+    return body["inputs"]
+
+
+def kinds_of(body: Any) -> set[str | None]:
+    return {None}  # no task types: queries and documents are embedded alike
 
 
 def answer(path: str, body: Any) -> tuple[int, Any]:
@@ -23,5 +32,5 @@ def answer(path: str, body: Any) -> tuple[int, Any]:
         message = f"batch size {len(inputs)} > maximum allowed batch size {MAX_CLIENT_BATCH_SIZE}"
         return 413, {"error": message, "error_type": "Validation"}
     if any(text == "POISON" for text in inputs):
-        return 400, {"error": "input is not allowed", "error_type": "Validation"}
+        return 400, {"error": POISON_MESSAGE, "error_type": "Validation"}
     return 200, expected_vectors(inputs)

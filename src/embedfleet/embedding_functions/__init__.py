@@ -6,6 +6,13 @@
 >>> embedding_functions.build("hash", {"dimension": 8})
 """
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction
+from embedfleet.embedding_functions.api.cohere import CohereEmbeddingFunction
+from embedfleet.embedding_functions.api.google import GoogleGenerativeAiEmbeddingFunction
+from embedfleet.embedding_functions.api.huggingface import HuggingFaceEmbeddingFunction
+from embedfleet.embedding_functions.api.huggingface_server import HuggingFaceEmbeddingServer
+from embedfleet.embedding_functions.api.jina import JinaEmbeddingFunction
+from embedfleet.embedding_functions.api.openai import OpenAIEmbeddingFunction
 from embedfleet.embedding_functions.base import (
     Documents,
     Embedding,
@@ -15,14 +22,7 @@ from embedfleet.embedding_functions.base import (
     Requirement,
     validate_documents,
 )
-from embedfleet.embedding_functions.cohere import CohereEmbeddingFunction
-from embedfleet.embedding_functions.google import GoogleGenerativeAiEmbeddingFunction
 from embedfleet.embedding_functions.hash import HashEmbeddingFunction
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction
-from embedfleet.embedding_functions.huggingface import HuggingFaceEmbeddingFunction
-from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
-from embedfleet.embedding_functions.jina import JinaEmbeddingFunction
-from embedfleet.embedding_functions.openai_embeddings import OpenAIEmbeddingFunction
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
     build,

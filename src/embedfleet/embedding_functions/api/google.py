@@ -1,12 +1,17 @@
-"""Google's Gemini API ``POST /models/{model}:batchEmbedContents``: one sub-request
-per text, a task type per sub-request, at most 100 sub-requests per call."""
+"""Google's Gemini API ``POST /models/{model}:batchEmbedContents``.
+
+Gemini has no body for a list of texts: a batch is a list of sub-requests, one
+per text, each naming the model and the task type it is embedded for (so
+documents and queries of one retrieval setup match), at most 100 per call. A bad
+key comes back as a 400, which is why this provider recognises it by reason."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.api.transport import ApiRequest
 from embedfleet.embedding_functions.base import Documents, check_positive_int
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
 
@@ -71,7 +76,7 @@ class GoogleGenerativeAiEmbeddingFunction(HttpEmbeddingFunction):
         key = self.api_key()
         return {"x-goog-api-key": key} if key else {}
 
-    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
         model = self.model_name.removeprefix("models/")
         task_type = self.task_type
         if query and task_type == "RETRIEVAL_DOCUMENT":
@@ -88,9 +93,9 @@ class GoogleGenerativeAiEmbeddingFunction(HttpEmbeddingFunction):
             }
             for text in texts
         ]
-        return f"models/{model}:batchEmbedContents", {"requests": requests}
+        return ApiRequest(f"models/{model}:batchEmbedContents", {"requests": requests})
 
-    def vectors(self, payload: Any) -> list[list[float]]:
+    def parse_vectors(self, payload: Any) -> list[list[float]]:
         try:
             return [embedding["values"] for embedding in payload["embeddings"]]
         except (KeyError, TypeError) as exc:

@@ -1,12 +1,18 @@
-"""Cohere's v2 ``POST /embed``: ``search_document`` for documents, ``search_query``
-for queries, float vectors, at most 96 texts per request."""
+"""Cohere's v2 ``POST /embed``.
+
+Cohere's models embed a text differently depending on what it is for, so the
+input type travels with every request: ``search_document`` for documents,
+``search_query`` for queries, or whatever the caller configured. Vectors are
+asked for as floats, the one type every caller can use; at most 96 texts go in
+one request."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.api.transport import ApiRequest
 from embedfleet.embedding_functions.base import Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
 
@@ -48,16 +54,17 @@ class CohereEmbeddingFunction(HttpEmbeddingFunction):
             **super().get_config(),
         }
 
-    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
-        return "embed", {
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
+        body = {
             "model": self.model_name,
             "texts": texts,
             "input_type": "search_query" if query else self.input_type,
             "embedding_types": ["float"],
             "truncate": self.truncate,
         }
+        return ApiRequest("embed", body)
 
-    def vectors(self, payload: Any) -> list[list[float]]:
+    def parse_vectors(self, payload: Any) -> list[list[float]]:
         try:
             return payload["embeddings"]["float"]
         except (KeyError, TypeError) as exc:

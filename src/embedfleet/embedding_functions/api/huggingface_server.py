@@ -1,11 +1,16 @@
-"""A Hugging Face text-embeddings-inference (TEI) server: ``POST /embed``."""
+"""A Hugging Face text-embeddings-inference (TEI) server: ``POST /embed``.
+
+For teams that run their own server: it has no public default, so the URL is the
+full endpoint, and a key is optional (TEI runs without one unless given
+``--api-key``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.api.transport import ApiRequest
 from embedfleet.embedding_functions.base import Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
 
@@ -50,10 +55,11 @@ class HuggingFaceEmbeddingServer(HttpEmbeddingFunction):
             "truncate": self.truncate,
         }
 
-    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
-        return "", {"inputs": texts, "normalize": self.normalize, "truncate": self.truncate}
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
+        body = {"inputs": texts, "normalize": self.normalize, "truncate": self.truncate}
+        return ApiRequest("", body)
 
-    def vectors(self, payload: Any) -> list[list[float]]:
+    def parse_vectors(self, payload: Any) -> list[list[float]]:
         if not isinstance(payload, list):
             raise ProviderError(
                 f"TEI answered {type(payload).__name__}, expected a list of vectors"

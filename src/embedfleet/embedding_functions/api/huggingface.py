@@ -1,5 +1,9 @@
 """Hugging Face Inference Providers, feature-extraction task:
-``POST {api_base}/models/{model}/pipeline/feature-extraction``."""
+``POST {api_base}/models/{model}/pipeline/feature-extraction``.
+
+This serves any Hub model without a server of one's own, and Hub models differ:
+those without a pooling layer answer one vector per token. Those are mean-pooled
+here, so every model gives one vector per text."""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.api.transport import ApiRequest
 from embedfleet.embedding_functions.base import Documents
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ProviderError
 
@@ -53,11 +58,12 @@ class HuggingFaceEmbeddingFunction(HttpEmbeddingFunction):
             **super().get_config(),
         }
 
-    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
         path = f"models/{self.model_name}/pipeline/feature-extraction"
-        return path, {"inputs": texts, "normalize": self.normalize, "truncate": self.truncate}
+        body = {"inputs": texts, "normalize": self.normalize, "truncate": self.truncate}
+        return ApiRequest(path, body)
 
-    def vectors(self, payload: Any) -> list[list[float]]:
+    def parse_vectors(self, payload: Any) -> list[list[float]]:
         if not isinstance(payload, list):
             raise ProviderError(
                 f"Hugging Face answered {type(payload).__name__}, expected a list of vectors"

@@ -1,12 +1,19 @@
-"""Jina AI's ``POST /v1/embeddings``: float vectors, a task adapter per request,
-at most 2048 inputs per request."""
+"""Jina AI's ``POST /v1/embeddings``.
+
+Jina's v3 and v4 models carry task adapters, so the task travels with each
+request and queries get the retrieval adapter that matches their documents'.
+Late chunking is refused rather than passed through: it embeds each input in
+the context of the others in its request, and batching here (de-duplicated,
+length-sorted, split) would make that context arbitrary. At most 2048 inputs go
+in one request."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from embedfleet.embedding_functions.api.base import HttpEmbeddingFunction, HttpOptions
+from embedfleet.embedding_functions.api.transport import ApiRequest
 from embedfleet.embedding_functions.base import Documents, check_positive_int
-from embedfleet.embedding_functions.http import HttpEmbeddingFunction, HttpOptions
 from embedfleet.embedding_functions.registry import register
 from embedfleet.errors import ConfigError, ProviderError
 
@@ -69,7 +76,7 @@ class JinaEmbeddingFunction(HttpEmbeddingFunction):
             **super().get_config(),
         }
 
-    def request(self, texts: Documents, *, query: bool) -> tuple[str, dict[str, Any]]:
+    def build_request(self, texts: Documents, *, query: bool) -> ApiRequest:
         task = self.task
         if task is None and self.model_name.startswith(_TASK_MODELS):
             task = DOCUMENT_TASK  # the retrieval pair, so documents and queries match
@@ -88,9 +95,9 @@ class JinaEmbeddingFunction(HttpEmbeddingFunction):
             "normalized": self.normalized,
         }
         body.update({name: value for name, value in optional.items() if value is not None})
-        return "embeddings", body
+        return ApiRequest("embeddings", body)
 
-    def vectors(self, payload: Any) -> list[list[float]]:
+    def parse_vectors(self, payload: Any) -> list[list[float]]:
         try:
             data = sorted(payload["data"], key=lambda item: item["index"])
             return [item["embedding"] for item in data]
