@@ -166,7 +166,7 @@ def test_plan_of_the_openai_example_prints_tokens_and_cost_offline(
 
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:
         texts = [json.loads(line)["text"] for line in handle]
-    expected = sum(OpenAIEmbeddingFunction("text-embedding-3-small").request_tokens(texts))
+    expected = sum(OpenAIEmbeddingFunction("text-embedding-3-small").billed_tokens(texts))
     assert main(["plan", str(repo_root / "jobs/openai.toml")]) == EXIT_OK
     table = {
         label.strip(): value
@@ -317,7 +317,7 @@ def test_shards_in_parallel_never_send_the_provider_more_than_the_budget(tmp_pat
     try:
         config = {"url": f"{server.url}/embed", "retry_backoff_seconds": 0.01}
         counter = HuggingFaceEmbeddingServer(**config)
-        total = sum(counter.request_tokens([row["text"] for row in documents(200)]))
+        total = sum(counter.billed_tokens([row["text"] for row in documents(200)]))
         limit = total * 3 // 10
         spec = make_spec(
             tmp_path,
@@ -333,7 +333,7 @@ def test_shards_in_parallel_never_send_the_provider_more_than_the_budget(tmp_pat
     sent = [text for request in server.requests for text in request.body["inputs"]]
     assert result.budget_stopped and 0 < result.tokens <= limit
     assert len(sent) == result.embedded  # refused shards never reached the provider
-    assert sum(counter.request_tokens(sent)) == result.tokens <= limit
+    assert sum(counter.billed_tokens(sent)) == result.tokens <= limit
 
 
 @pytest.mark.usefixtures("local_ray")

@@ -44,6 +44,7 @@ from embedfleet.embedding_functions.batching import (
     enforce_limit,
 )
 from embedfleet.errors import ConfigError, EmbeddingOutputError, InvalidInputError
+from embedfleet.tokens import estimate_tokens
 
 Documents: TypeAlias = list[str]
 Embedding: TypeAlias = npt.NDArray[np.float32]
@@ -149,6 +150,8 @@ class EmbeddingFunction(ABC):
     #: not say is ``"compute"``: reserving a core never oversubscribes a machine, while
     #: a model run as ``"io"`` would share its cores with everything else.
     workload: ClassVar[Workload] = "compute"
+    #: Whether calls are billed per input token (API providers); local models are not.
+    bills_per_token: ClassVar[bool] = False
     #: Cut batches by padded tokens (batch size x longest text) instead of by count;
     #: None: ``batch_size`` texts per batch. Local models set it (``max_batch_tokens``).
     max_batch_tokens: int | None = None
@@ -229,6 +232,12 @@ class EmbeddingFunction(ABC):
         and enforce ``on_long``. None: sort by characters, no limit enforced here.
         """
         return None
+
+    def billed_tokens(self, texts: Documents) -> list[int]:
+        """Input tokens each text is billed for, counted as the provider counts them
+        (:attr:`bills_per_token` providers override this). For everything else, an
+        estimate that never undercounts, so a token budget still has a number."""
+        return [estimate_tokens(text) for text in texts]
 
     def concurrent_batches(self) -> int:
         """Batches a fleet replica of this function serves at once: one for

@@ -2,23 +2,18 @@
 
 ``plan()`` estimates a run's tokens and each shard task reserves its tokens in the
 run's budget; both count with this one function, so an estimate and the budget it
-is checked against agree. (``tokens.count_tokens`` counts with tiktoken, and an
-embedding function's ``token_lengths`` counts what its model runs on: neither is what
-a run is billed.)
+is checked against agree. The embedding function says how it is billed
+(:meth:`~embedfleet.embedding_functions.base.EmbeddingFunction.billed_tokens`: an API
+provider counts as the provider does; other functions give an estimate that never
+undercounts), which is neither ``tokens.count_tokens`` (a tokenizer's count) nor
+``token_lengths`` (what a model runs on).
 """
 
 from __future__ import annotations
 
-from embedfleet import tokens
 from embedfleet.embedding_functions.base import EmbeddingFunction
 
 
-def billed_tokens(counter: EmbeddingFunction | None, texts: list[str]) -> int:
-    """Input tokens of ``texts``: the API provider's own ``request_tokens`` (what it
-    bills: tiktoken for OpenAI, a conservative estimate elsewhere), or, for local
-    models (free per token), ``tokens.estimate_tokens``, which never undercounts."""
-    if not texts:
-        return 0
-    if counter is not None:
-        return int(sum(counter.request_tokens(texts)))  # type: ignore[attr-defined]
-    return sum(tokens.estimate_tokens(text) for text in texts)
+def billed_tokens(function: EmbeddingFunction, texts: list[str]) -> int:
+    """Input tokens of ``texts`` as ``function`` is billed for them."""
+    return int(sum(function.billed_tokens(texts))) if texts else 0

@@ -158,7 +158,7 @@ def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dic
 
 
 def estimate_tokens(
-    shards: list[Shard], source: SourceSpec, counter: EmbeddingFunction | None
+    shards: list[Shard], source: SourceSpec, counter: EmbeddingFunction
 ) -> tuple[int, str]:
     """Tokens of every shard, and how they were found.
 
@@ -192,7 +192,7 @@ def estimate_tokens(
 
 
 def _sample(
-    shard: Shard, source: SourceSpec, counter: EmbeddingFunction | None, limit: int
+    shard: Shard, source: SourceSpec, counter: EmbeddingFunction, limit: int
 ) -> tuple[int, int, bool]:
     """(rows read, their tokens, whether that was the whole shard)."""
     rows, texts = 0, []

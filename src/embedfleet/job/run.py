@@ -58,10 +58,6 @@ class Job:
         )
         self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
         self.output = OutputStore(spec.output.uri, spec.output.storage_options)
-        # API providers count tokens as they bill them; local models cost nothing per token.
-        self.counter = (
-            self.function if callable(getattr(self.function, "request_tokens", None)) else None
-        )
         self.budget()  # a max_cost without a price fails here, before any work
 
     def budget(self) -> tuple[pricing.Price, int | None]:
@@ -70,7 +66,7 @@ class Job:
         price = pricing.price_for(
             self.function.provider_name,
             getattr(self.function, "model_name", None),
-            api=self.counter is not None,
+            api=self.function.bills_per_token,
             override=budget.price_per_million_tokens,
         )
         return price, pricing.token_limit(budget.max_tokens, budget.max_cost, price)
@@ -85,7 +81,7 @@ class Job:
         price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
         choice = choose_snapshot(self.output, self.spec.output.mode, self.fingerprint, shards)
-        estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.counter)
+        estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
         if choice.base is not None:
             basis += "; an upper bound: this incremental run embeds only new and changed rows"
         return JobPlan(
@@ -228,7 +224,7 @@ class Job:
             fleet=fleet,
             run_id=run.snapshot.run_id,
             metadata=run.metadata,
-            counter=self.counter,
+            function=self.function,
             budget=run.budget,
             base=run.base,
         )

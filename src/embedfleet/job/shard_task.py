@@ -44,7 +44,7 @@ class ShardContext:
     fleet: EmbeddingFunction  # the run's RemoteEmbeddingFunction
     run_id: str  # the snapshot the task commits into
     metadata: dict[str, Any]  # recorded with the vectors (the part's ``embedfleet`` key)
-    counter: EmbeddingFunction | None = None  # bills tokens (an API provider), else None
+    function: EmbeddingFunction  # the job's own (not its fleet): counts billed tokens
     budget: Any = None  # the run's TokenBudget actor; None: no budget
     base: incremental.BaseIndex | None = None  # incremental: where unchanged rows live
 
@@ -87,7 +87,7 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     if base is not None:
         matches = incremental.match(ids, [content_hash(text) for text in texts], base)
         to_embed = np.flatnonzero(matches.kinds == incremental.EMBED).tolist()
-    shard_tokens = billed_tokens(context.counter, [texts[i] for i in to_embed])
+    shard_tokens = billed_tokens(context.function, [texts[i] for i in to_embed])
     if context.budget is not None and to_embed:
         import ray
 

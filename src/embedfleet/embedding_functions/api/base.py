@@ -86,6 +86,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
 
     requirements = (Requirement("httpx", API_INSTALL_HINT),)
     workload = "io"  # waits on the provider: replicas reserve no CPU
+    bills_per_token = True
     #: The provider's documented limit of inputs in one request.
     max_inputs_per_request: ClassVar[int] = 96
     #: The provider's documented limit of tokens summed over one request, if any.
@@ -164,10 +165,6 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         """Tokens each text costs this provider, as it counts them against its limits
         and bills them; a count that never undercounts by default."""
         return count_tokens(texts, encoding=None)
-
-    def request_tokens(self, texts: Documents) -> list[int]:
-        """The former name of :meth:`billed_tokens`, kept while callers move over."""
-        return self.billed_tokens(texts)
 
     def refused_credentials(self, status: int, detail: str) -> bool:
         """Whether a non-401/403 answer means a bad key (providers that say so with 400)."""
