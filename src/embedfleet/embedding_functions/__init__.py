@@ -22,6 +22,11 @@ from embedfleet.embedding_functions.http import HttpEmbeddingFunction
 from embedfleet.embedding_functions.huggingface import HuggingFaceEmbeddingFunction
 from embedfleet.embedding_functions.huggingface_server import HuggingFaceEmbeddingServer
 from embedfleet.embedding_functions.jina import JinaEmbeddingFunction
+from embedfleet.embedding_functions.local.default import DefaultEmbeddingFunction
+from embedfleet.embedding_functions.local.instructor import InstructorEmbeddingFunction
+from embedfleet.embedding_functions.local.sentence_transformer import (
+    SentenceTransformerEmbeddingFunction,
+)
 from embedfleet.embedding_functions.openai_embeddings import OpenAIEmbeddingFunction
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
@@ -30,11 +35,6 @@ from embedfleet.embedding_functions.registry import (
     names,
     register,
     register_with_chroma,
-)
-from embedfleet.embedding_functions.sentence_transformer import (
-    DefaultEmbeddingFunction,
-    InstructorEmbeddingFunction,
-    SentenceTransformerEmbeddingFunction,
 )
 
 #: ``embedding_functions.list()``: the name earlier releases documented for :func:`names`.
