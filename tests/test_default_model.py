@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedfleet.embedding_functions import DefaultEmbeddingFunction
-from embedfleet.embedding_functions.local_models import PACKAGED_DEFAULT_SHA256
+from embedfleet.embedding_functions.local.models import PACKAGED_DEFAULT_SHA256
 
 pytestmark = pytest.mark.real_model
 

@@ -400,7 +400,7 @@ def test_the_driver_loads_no_model_the_metadata_comes_from_a_replica(tmp_path):
     """Where the model runs decides its device, precision and quality guards: the job
     records them as a replica resolved them, and the driver (perhaps a small head node
     without the replicas' GPUs) never loads the model, not even to describe it."""
-    from embedfleet.embedding_functions import local_models
+    from embedfleet.embedding_functions.local import models as local_models
     from tests.tiny_models import build_tiny_sentence_transformer
 
     model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=11)

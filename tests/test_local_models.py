@@ -14,8 +14,9 @@ from embedfleet.embedding_functions import (
     DefaultEmbeddingFunction,
     InstructorEmbeddingFunction,
     SentenceTransformerEmbeddingFunction,
-    local_models,
 )
+from embedfleet.embedding_functions.local import model_inputs
+from embedfleet.embedding_functions.local import models as local_models
 from embedfleet.errors import (
     ConfigError,
     ModelIntegrityError,
@@ -306,9 +307,7 @@ def test_each_text_is_tokenized_once_per_call(tiny_model_dir, monkeypatch, query
 
 
 def test_without_a_token_layout_batches_use_the_models_preprocess(tiny_model_dir, monkeypatch):
-    from embedfleet.embedding_functions import sentence_transformer
-
-    monkeypatch.setattr(sentence_transformer, "token_layout", lambda tokenizer: None)
+    monkeypatch.setattr(model_inputs, "token_layout", lambda tokenizer: None)
     ef = tiny(tiny_model_dir, document_prompt="passage: ", batch_size=4)
     texts = [" ".join(["orbit"] * (1 + index % 5)) + f" {index}" for index in range(12)]
     texts.append(LONG_TEXT)
@@ -330,10 +329,6 @@ def test_a_model_without_a_real_token_limit_still_embeds(tiny_model_dir):
 
 def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatch):
     """A book-length text is counted in full but keeps only the ids the model will run."""
-    from embedfleet.embedding_functions.sentence_transformer import (
-        SentenceTransformerEmbeddingFunction,
-    )
-
     kept: list[int] = []
     embed_batches = SentenceTransformerEmbeddingFunction._embed_batches
 
@@ -354,7 +349,7 @@ def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatc
 def test_a_call_keeps_no_token_ids_on_the_function(tiny_model_dir):
     """A call's ids travel in its plan, never on the shared function object: neither
     after a call nor after one that ends in an on_long error."""
-    from embedfleet.embedding_functions.token_batches import TokenIds
+    from embedfleet.embedding_functions.local.token_batches import TokenIds
 
     ef = tiny(tiny_model_dir, on_long="error")
     ef(["fine", "also fine"])
@@ -400,8 +395,8 @@ def test_threads_sharing_one_model_get_the_vectors_of_sequential_calls(tiny_mode
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("where", ["normalize_embeddings", "normalize_module"])
 def test_normalized_vectors_have_unit_length_in_every_precision(tmp_path, precision, where):
-    """Normalizing in bf16 leaves norms up to 0.4% off 1 (dot products then understate
-    cosines); the vectors are normalized again in float32."""
+    """Normalizing in bf16 leaves norms off 1 (dot products then understate cosines);
+    the vectors are normalized again in float32."""
     from tests.tiny_models import build_tiny_sentence_transformer
 
     model_dir = build_tiny_sentence_transformer(

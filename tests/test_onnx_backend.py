@@ -13,8 +13,8 @@ import pytest
 from embedfleet.embedding_functions import (
     DefaultEmbeddingFunction,
     SentenceTransformerEmbeddingFunction,
-    onnx_backend,
 )
+from embedfleet.embedding_functions.local import onnx_export, quality_guard
 from embedfleet.errors import ConfigError, ModelError, QualityGuardError
 from tests.together import run_together
 
@@ -59,7 +59,7 @@ def test_export_is_cached_under_a_key_of_the_weights(tiny_model_dir, tmp_path, c
     from tests.tiny_models import build_tiny_sentence_transformer
 
     first = onnx(tiny_model_dir, precision="fp32")
-    key = onnx_backend.export_key(first.model, ("input_ids", "attention_mask", "token_type_ids"))
+    key = onnx_export.export_key(first.model, ("input_ids", "attention_mask", "token_type_ids"))
     stale = cache / "onnx" / f".export-{key}-killed"  # what a killed export leaves behind
     stale.mkdir(parents=True)
     first.warm_up()
@@ -78,15 +78,26 @@ def test_export_is_cached_under_a_key_of_the_weights(tiny_model_dir, tmp_path, c
         raise AssertionError("exported again although the cache holds this model")
 
     with monkeypatch.context() as patch:
-        patch.setattr(onnx_backend, "_export", no_second_export)
-        patch.setattr(onnx_backend, "_models", {})  # as in a new process: only the files
-        patch.setattr(onnx_backend, "_keys", weakref.WeakKeyDictionary())
+        patch.setattr(onnx_export, "_export", no_second_export)
+        patch.setattr(onnx_export, "_models", {})  # as in a new process: only the files
+        patch.setattr(onnx_export, "_keys", weakref.WeakKeyDictionary())
+        patch.setattr(quality_guard, "_memo", {})
         onnx(tiny_model_dir, precision="fp32").warm_up()
 
     other = build_tiny_sentence_transformer(tmp_path / "other", seed=1)  # other weights
     onnx(other, precision="fp32").warm_up()
     exports = [path for path in (cache / "onnx").iterdir() if not path.name.startswith(".")]
     assert len(exports) == 2
+
+
+def test_editing_the_guard_corpus_exports_and_measures_again(tiny_model_dir, monkeypatch):
+    from embedfleet.embedding_functions.local import guard_corpus
+
+    model = onnx(tiny_model_dir, precision="fp32").model
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    before = onnx_export.export_key(model, inputs)
+    monkeypatch.setattr(guard_corpus, "WORDS", [*guard_corpus.WORDS, "comet"])
+    assert onnx_export.export_key(model, inputs) != before
 
 
 def test_replicas_starting_together_export_once(tiny_model_dir, tmp_path, cache):
@@ -108,7 +119,7 @@ def test_replicas_starting_together_export_once(tiny_model_dir, tmp_path, cache)
 
 
 def test_an_export_that_does_not_reproduce_torch_is_refused(tiny_model_dir, cache, monkeypatch):
-    monkeypatch.setattr(onnx_backend, "FP32_MAX_RELATIVE_ERROR", 0.0)  # nothing can match
+    monkeypatch.setattr(quality_guard, "FP32_MAX_RELATIVE_ERROR", 0.0)  # nothing can match
     with pytest.raises(ModelError, match=r"does not reproduce it: .* use backend='torch'"):
         onnx(tiny_model_dir, precision="fp32").warm_up()
     assert not [path for path in (cache / "onnx").iterdir() if path.is_dir()]  # nothing kept
@@ -117,15 +128,15 @@ def test_an_export_that_does_not_reproduce_torch_is_refused(tiny_model_dir, cach
 def test_int8_is_used_where_the_guard_holds(tiny_model_dir, cache):
     ef = onnx(tiny_model_dir)  # precision="auto"
     assert ef.precision == "int8"
-    guard = json.loads((ef._onnx().path.parent / "guard.json").read_text())
-    assert guard["int8_min_cosine"] >= onnx_backend.INT8_MIN_COSINE
+    guard = json.loads((ef.runner.onnx_model().path.parent / "guard.json").read_text())
+    assert guard["int8_min_cosine"] >= quality_guard.INT8_MIN_COSINE
     assert ef.describe()["int8_min_cosine"] == guard["int8_min_cosine"]
     vectors = np.stack(ef(TEXTS))
     expected = np.stack(torch_fp32(tiny_model_dir)(TEXTS))
     cosines = np.einsum("ij,ij->i", vectors, expected) / (
         np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1)
     )
-    assert cosines.min() >= onnx_backend.INT8_MIN_COSINE
+    assert cosines.min() >= quality_guard.INT8_MIN_COSINE
 
 
 def test_int8_is_refused_where_the_guard_fails(tmp_path, cache):
@@ -138,18 +149,18 @@ def test_int8_is_refused_where_the_guard_fails(tmp_path, cache):
         onnx(model_dir, precision="int8").warm_up()
     ef = onnx(model_dir)
     assert ef.precision == "fp32"
-    assert ef.describe()["int8_min_cosine"] < onnx_backend.INT8_MIN_COSINE
+    assert ef.describe()["int8_min_cosine"] < quality_guard.INT8_MIN_COSINE
     expected = np.stack(torch_fp32(model_dir)(TEXTS))
     np.testing.assert_allclose(np.stack(ef(TEXTS)), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_default_model_in_auto_precision_keeps_its_quality_beyond_the_guard_corpus(repo_root):
-    """all-MiniLM-L6-v2 passes the guard in int8 on this CPU (0.9993); wherever auto picks
-    int8, texts the guard never saw (the labelled retrieval set) keep cosine >= 0.999 to
-    torch fp32, and where it picks fp32 the guard measured below the floor."""
+    """Wherever auto picks int8 for all-MiniLM-L6-v2, texts the guard never saw (the
+    labelled retrieval set) keep cosine >= 0.999 to torch fp32, and where it picks fp32
+    the guard measured below the floor."""
     ef = DefaultEmbeddingFunction(backend="onnx")  # the session's cache: exported once
     measured = ef.describe()["int8_min_cosine"]
-    assert (ef.precision == "int8") == (measured >= onnx_backend.INT8_MIN_COSINE)
+    assert (ef.precision == "int8") == (measured >= quality_guard.INT8_MIN_COSINE)
     texts = [
         json.loads(line)["text"]
         for line in (repo_root / "data" / "retrieval" / "corpus.jsonl").read_text().splitlines()
@@ -157,7 +168,7 @@ def test_default_model_in_auto_precision_keeps_its_quality_beyond_the_guard_corp
     texts += [LONG_TEXT * 4]
     expected = np.stack(DefaultEmbeddingFunction(precision="fp32")(texts))
     vectors = np.stack(ef(texts))
-    assert np.einsum("ij,ij->i", vectors, expected).min() >= onnx_backend.INT8_MIN_COSINE
+    assert np.einsum("ij,ij->i", vectors, expected).min() >= quality_guard.INT8_MIN_COSINE
 
 
 @pytest.mark.parametrize(
@@ -189,7 +200,7 @@ def test_pickled_function_leaves_its_session_behind(tiny_model_dir, cache):
     ef = onnx(tiny_model_dir, precision="fp32")
     ef(["warm"])
     clone = pickle.loads(pickle.dumps(ef))
-    assert clone._onnx_model is None
+    assert clone._runner is None  # the backend holding the session stays behind
     np.testing.assert_array_equal(np.stack(clone(TEXTS)), np.stack(ef(TEXTS)))
 
 
@@ -197,7 +208,7 @@ def test_a_replicas_threads_become_the_sessions_threads(tiny_model_dir, cache):
     ef = onnx(tiny_model_dir, precision="fp32")
     before = np.stack(ef(TEXTS))
     ef.set_num_threads(1)  # what a fleet replica with num_cpus=1 does before warm_up
-    session = ef._onnx()
+    session = ef.runner.onnx_model()
     assert session.threads == 1
     assert session.session.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(np.stack(ef(TEXTS)), before, rtol=1e-5, atol=1e-6)

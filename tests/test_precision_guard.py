@@ -9,16 +9,11 @@ import pickle
 import numpy as np
 import pytest
 
-from embedfleet.embedding_functions import (
-    SentenceTransformerEmbeddingFunction,
-    local_models,
-    precision_guard,
-)
-from embedfleet.embedding_functions.precision_guard import (
-    REDUCED_MIN_COSINE,
-    cosines,
-    guarded_precision,
-)
+from embedfleet.embedding_functions import SentenceTransformerEmbeddingFunction
+from embedfleet.embedding_functions.local import guard_corpus, precision_guard, quality_guard
+from embedfleet.embedding_functions.local import models as local_models
+from embedfleet.embedding_functions.local.precision_guard import guarded_precision
+from embedfleet.embedding_functions.local.quality_guard import REDUCED_MIN_COSINE, cosines
 from tests.tiny_models import build_tiny_sentence_transformer
 from tests.together import run_together
 
@@ -31,7 +26,7 @@ def native_bf16(monkeypatch):
 
 @pytest.fixture(scope="module")
 def fragile_model_dir(tmp_path_factory):
-    """Activations far from zero: bf16 rounds their differences away (cosine about 0.4)."""
+    """Activations far from zero: bf16 rounds their differences away."""
     return build_tiny_sentence_transformer(
         tmp_path_factory.mktemp("fragile-model"), embedding_offset=10.0
     )
@@ -89,16 +84,38 @@ def test_the_result_is_kept_once_per_machine_and_remeasured_when_the_files_chang
 
     monkeypatch.setattr(precision_guard, "_measure", counting)
     first = guarded_precision(spec, "bf16")
-    precision_guard._measured.clear()  # as a new process would start: only the disk result
+    quality_guard._memo.clear()  # as a new process would start: only the disk result
     assert guarded_precision(spec, "bf16") == first and measured == ["bf16"]
     kept = list((precision_guard.cache_dir() / "precision").glob("*.json"))
     assert kept and all("min_cosine" in path.read_text() for path in kept)
 
-    precision_guard._measured.clear()
+    quality_guard._memo.clear()
     weights = next(model_dir.rglob("*.safetensors"))
     status = weights.stat()  # a new mtime: the files may have changed
     os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
     assert guarded_precision(spec, "bf16") == first and measured == ["bf16", "bf16"]
+
+
+def test_editing_the_guard_corpus_measures_again(tmp_path, monkeypatch):
+    """The kept result is keyed by the corpus's texts, not their number."""
+    model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=13)
+    spec = local_models.ModelSpec(str(model_dir), None, "cpu", "fp32")
+    measured: list[str] = []
+    measure = precision_guard._measure
+
+    def counting(spec, reduced):
+        measured.append(reduced)
+        return measure(spec, reduced)
+
+    monkeypatch.setattr(precision_guard, "_measure", counting)
+    guarded_precision(spec, "bf16")
+    kept = precision_guard._result_path(spec, "bf16")
+    quality_guard._memo.clear()  # a new process, after the word list was edited
+    monkeypatch.setattr(guard_corpus, "WORDS", [*guard_corpus.WORDS[:-1], "comet"])
+    assert len(quality_guard.guard_texts()) == len(guard_corpus.SENTENCES) + 96
+    assert precision_guard._result_path(spec, "bf16") != kept
+    guarded_precision(spec, "bf16")
+    assert measured == ["bf16", "bf16"]
 
 
 def test_a_non_finite_vector_fails_the_guard():
@@ -114,7 +131,7 @@ def test_a_pickled_function_resolves_device_and_precision_where_it_runs(
     ef = auto(tiny_model_dir)
     assert ef.precision == "bf16" and ef.resolved_device == "cpu"
     copy = pickle.loads(pickle.dumps(ef))
-    assert copy._precision is None and copy._resolved_device is None
+    assert copy._runner is None  # the backend, with its device and precision, stays behind
     assert copy.precision == "bf16"  # resolved again, here
 
 
@@ -138,10 +155,8 @@ def test_a_model_that_does_not_fit_in_fp32_keeps_the_reduced_precision_unmeasure
     with caplog.at_level(logging.WARNING, logger=precision_guard.__name__):
         assert guarded_precision(spec, "fp16") == ("fp16", None)
     assert "does not fit on cpu in fp32" in caplog.text and "using fp16 unmeasured" in caplog.text
-    assert (local_models.ModelSpec(str(model_dir), None, "cpu", "fp32"), "fp16") not in (
-        precision_guard._measured
-    )
-    assert precision_guard._cached(precision_guard._result_path(spec, "fp16")) is None
+    assert ("precision", spec, "fp16") not in quality_guard._memo
+    assert precision_guard._kept_min_cosine(precision_guard._result_path(spec, "fp16")) is None
 
 
 def test_processes_starting_together_measure_once(tmp_path):
@@ -150,8 +165,8 @@ def test_processes_starting_together_measure_once(tmp_path):
     model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=9)
     setup = (
         "import sys\n"
-        "from embedfleet.embedding_functions.local_models import ModelSpec\n"
-        "from embedfleet.embedding_functions.precision_guard import guarded_precision\n"
+        "from embedfleet.embedding_functions.local.models import ModelSpec\n"
+        "from embedfleet.embedding_functions.local.precision_guard import guarded_precision\n"
         "spec = ModelSpec(sys.argv[1], None, 'cpu', 'fp32')\n"
     )
     step = "print(guarded_precision(spec, 'bf16'))\n"

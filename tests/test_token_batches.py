@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedfleet.embedding_functions import token_batches
-from embedfleet.embedding_functions.token_batches import (
+from embedfleet.embedding_functions.local import token_batches
+from embedfleet.embedding_functions.local.token_batches import (
     cut_row,
     pad_batch,
     token_layout,

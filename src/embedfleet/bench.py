@@ -13,7 +13,6 @@ are measured in one run on one machine, not absolute numbers across machines.
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 import threading
 import time
@@ -23,50 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-WORDS = [
-    *[
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "lazy",
-        "dog",
-        "embedding",
-        "vector",
-        "model",
-        "ray",
-        "cluster",
-    ],
-    *[
-        "data",
-        "science",
-        "music",
-        "football",
-        "garden",
-        "finance",
-        "medicine",
-        "astronomy",
-        "cooking",
-    ],
-]
-
-
-def corpus(count: int, seed: int = 0) -> list[str]:
-    """Short, medium and long documents, shuffled: 60% of 3-40 words (lognormal
-    around 15), 30% of 50-150, 10% of 200-400 (past the model's 256-token limit)."""
-    rng = random.Random(seed)
-    lengths = []
-    for _ in range(count):
-        draw = rng.random()
-        if draw < 0.6:
-            lengths.append(max(3, min(40, int(rng.lognormvariate(2.7, 0.6)))))
-        elif draw < 0.9:
-            lengths.append(rng.randint(50, 150))
-        else:
-            lengths.append(rng.randint(200, 400))
-    return [" ".join(rng.choice(WORDS) for _ in range(length)) for length in lengths]
+from embedfleet.embedding_functions.local.guard_corpus import corpus
 
 
 def run_benchmark(
@@ -84,7 +40,7 @@ def run_benchmark(
     from sentence_transformers import SentenceTransformer
 
     from embedfleet.embedding_functions import DefaultEmbeddingFunction
-    from embedfleet.embedding_functions.local_models import attention_implementation
+    from embedfleet.embedding_functions.local.models import attention_implementation
     from embedfleet.job import Job, JobSpec
 
     device = _bench_device(device)
@@ -259,7 +215,7 @@ def _timed(
 
 def _bench_device(device: str) -> str:
     """``device`` resolved; a GPU asked for where none is visible is a clear error."""
-    from embedfleet.embedding_functions.local_models import resolve_device
+    from embedfleet.embedding_functions.local.models import resolve_device
     from embedfleet.errors import ConfigError
 
     resolved = resolve_device(device)
@@ -316,7 +272,7 @@ def _onnx_default() -> Any:
     """The default model on ONNX Runtime (``precision="auto"``: int8 only where the quality
     guard holds), if onnx and onnxruntime are installed; the first run exports it."""
     from embedfleet.embedding_functions import DefaultEmbeddingFunction
-    from embedfleet.embedding_functions.onnx_backend import require_onnx
+    from embedfleet.embedding_functions.local.onnx_export import require_onnx
     from embedfleet.errors import MissingDependencyError
 
     try:

@@ -23,6 +23,11 @@ from embedfleet.embedding_functions.base import (
     validate_documents,
 )
 from embedfleet.embedding_functions.hash import HashEmbeddingFunction
+from embedfleet.embedding_functions.local.default import DefaultEmbeddingFunction
+from embedfleet.embedding_functions.local.instructor import InstructorEmbeddingFunction
+from embedfleet.embedding_functions.local.sentence_transformer import (
+    SentenceTransformerEmbeddingFunction,
+)
 from embedfleet.embedding_functions.registry import (
     ENTRY_POINT_GROUP,
     build,
@@ -30,11 +35,6 @@ from embedfleet.embedding_functions.registry import (
     names,
     register,
     register_with_chroma,
-)
-from embedfleet.embedding_functions.sentence_transformer import (
-    DefaultEmbeddingFunction,
-    InstructorEmbeddingFunction,
-    SentenceTransformerEmbeddingFunction,
 )
 
 #: ``embedding_functions.list()``: the name earlier releases documented for :func:`names`.

@@ -1,8 +1,11 @@
-"""What embedfleet derives once per machine, and the lock that makes it once.
+"""Where a machine keeps what embedfleet derives once, and the lock that makes it once.
 
-``cache_dir()`` holds ONNX exports (``onnx/``) and precision guard results
-(``precision/``); processes starting together (a fleet's replicas) take
-``file_lock`` so that one does the work and the others wait and read it.
+Kept apart from :mod:`.quality_guard` (which owns *when* something is measured
+again) because it knows nothing about quality: it is the one place that names
+the cache root (``$EMBEDFLEET_CACHE_DIR``: ONNX exports under ``onnx/``,
+precision guard results under ``precision/``) and the inter-process lock, so
+the export and the guard cannot disagree about either, and neither imports the
+other to find them.
 """
 
 from __future__ import annotations

@@ -1,25 +1,27 @@
 """ONNX Runtime for local models on CPU: exported once with torch, run by ORT.
 
-``backend="onnx"`` on a sentence-transformers function. The whole model
-(transformer, pooling, normalization) is exported with torch's own exporter
-(no ``optimum``) to the cache directory (``$EMBEDFLEET_CACHE_DIR``, else
-``~/.cache/embedfleet``) under a key made of the weights, the model's modules
-and the library versions, so a changed model never reuses a stale export. One
-process exports a key at a time (a lock file), so replicas starting together on
-one machine export once. Files are written to a temporary directory and
-renamed into place: a crash never leaves half a model behind. The fp32 export
-must reproduce torch fp32 on the guard corpus (relative error per vector at most
-:data:`FP32_MAX_RELATIVE_ERROR`), or the backend is refused for that model.
+``backend="onnx"`` on a sentence-transformers function (:class:`~.backends.OnnxBackend`
+runs what this module makes). The whole model (transformer, pooling,
+normalization) is exported with torch's own exporter (no ``optimum``, which pins
+transformers) into ``$EMBEDFLEET_CACHE_DIR/onnx/<key>/``, under a key made of
+the weights, the model's modules, the library versions and the guard's identity,
+so a changed model (or guard corpus) never reuses a stale export. An export is
+expensive, so it is a once-per-machine result (:func:`~.quality_guard.measured_once`):
+replicas starting together on one machine export once, and since files are
+written to a temporary directory and renamed into place, a crash never leaves
+half a model behind. The fp32 export must reproduce torch fp32 on the guard
+corpus (:data:`~.quality_guard.FP32_MAX_RELATIVE_ERROR`), or the backend is
+refused for that model: ``precision="fp32"`` then means what it says.
 
-Precision: ``fp32`` runs the exported model as is (it matches torch fp32 within
-1e-6). ``int8`` stores the MatMul weights as int8 in blocks of 32 with int8
-compute (``onnxruntime.quantization``'s MatMulNBits quantizer; dynamic per-channel
-int8 lost too much here, min cosine 0.98) and is only used where the quality guard holds:
-on the guard corpus (:func:`guard_corpus`: short, medium and long texts), every
-int8 vector must have cosine >= :data:`INT8_MIN_COSINE` to its fp32 vector. The
-measurement is stored next to the files. ``precision="int8"`` raises
-:class:`~embedfleet.errors.QualityGuardError` when it fails; ``"auto"`` falls
-back to fp32.
+Precision: ``fp32`` runs the exported model as is. ``int8`` stores the MatMul
+weights as int8 in blocks of 32 with int8 compute (``onnxruntime.quantization``'s
+MatMulNBits quantizer: one scale per block holds the outlier channels that one
+scale per tensor or per channel loses; docs/benchmarks.md compares the recipes) and
+is only used where the quality guard holds: every guard-corpus int8 vector must
+keep cosine >= :data:`~.quality_guard.INT8_MIN_COSINE` to its fp32 vector. The
+measurement is taken with the export and kept next to its files (``guard.json``).
+``precision="int8"`` raises :class:`~embedfleet.errors.QualityGuardError` when it
+fails; ``"auto"`` falls back to fp32.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ from contextlib import suppress
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from embedfleet.embedding_functions.machine_cache import cache_dir, file_lock
-from embedfleet.embedding_functions.precision_guard import cosines, guard_corpus
-from embedfleet.embedding_functions.token_batches import tokenizer_lock
+from embedfleet.embedding_functions.local import quality_guard
+from embedfleet.embedding_functions.local.machine_cache import cache_dir
+from embedfleet.embedding_functions.local.token_batches import tokenizer_lock
 from embedfleet.errors import ConfigError, MissingDependencyError, ModelError, QualityGuardError
 
 if TYPE_CHECKING:
@@ -53,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 ONNX_INSTALL_HINT = 'pip install "embedfleet[onnx]"'
 ONNX_PRECISIONS = ("auto", "fp32", "int8")
-#: int8 is used only if every guard-corpus vector keeps this cosine to fp32.
-INT8_MIN_COSINE = 0.999
-#: The fp32 export must reproduce torch fp32 this closely (per vector, relative).
-FP32_MAX_RELATIVE_ERROR = 1e-4
 #: Bump when the export or quantization recipe changes: old exports are then ignored.
 EXPORT_FORMAT = 2
 OPSET = 17
@@ -113,14 +111,15 @@ def load_onnx_model(
     a process; asking for other threads replaces it (a function keeps the one it holds)."""
     check_onnx_precision(precision)
     ort = require_onnx()
-    with _lock:  # export and guard at most once per process; sessions are cheap to share
-        directory = exported(model, input_names)
-        guard = json.loads((directory / "guard.json").read_text())
+    with _lock:  # sessions are cheap to share; the export is measured once anyway
+        export = Export(model, input_names, export_directory(model, input_names))
+        guard = quality_guard.measured_once(("onnx", str(export.directory)), export)
+        assert guard is not None  # an export is always measured (or raises)
         resolved = _resolve(precision, guard)
-        key = (str(directory), resolved)
+        key = (str(export.directory), resolved)
         current = _models.get(key)
         if current is None or current.threads != threads:
-            path = directory / ("model.int8.onnx" if resolved == "int8" else "model.onnx")
+            path = export.directory / ("model.int8.onnx" if resolved == "int8" else "model.onnx")
             session = _session(ort, path, threads)
             _models[key] = OnnxModel(
                 session, input_names, resolved, guard["int8_min_cosine"], path, threads
@@ -129,11 +128,12 @@ def load_onnx_model(
 
 
 def _resolve(precision: str, guard: dict[str, Any]) -> str:
-    passed = guard["int8_min_cosine"] >= INT8_MIN_COSINE
+    floor = quality_guard.INT8_MIN_COSINE
+    passed = guard["int8_min_cosine"] >= floor
     if precision == "int8" and not passed:
         raise QualityGuardError(
             f"int8 fails the quality guard for this model: the minimum cosine to fp32 on the "
-            f"guard corpus is {guard['int8_min_cosine']:.4f}, below {INT8_MIN_COSINE}. Use "
+            f"guard corpus is {guard['int8_min_cosine']:.4f}, below {floor}. Use "
             "precision='fp32' (or 'auto', which picks int8 only where the guard holds)"
         )
     if precision == "auto":
@@ -152,7 +152,8 @@ def _session(ort: Any, path: Path, threads: int | None) -> Any:
 
 # ---------------------------------------------------------------------- export
 def export_key(model: SentenceTransformer, input_names: tuple[str, ...]) -> str:
-    """Changes with the weights, the modules' settings, the inputs and the versions."""
+    """Changes with the weights, the modules' settings, the inputs, the versions and the
+    guard (its corpus by content)."""
     import onnxruntime
     import torch
 
@@ -165,6 +166,7 @@ def export_key(model: SentenceTransformer, input_names: tuple[str, ...]) -> str:
         "modules": repr(model),
         "max_seq_length": model.max_seq_length,
         "inputs": input_names,
+        "guard": quality_guard.guard_identity(),
     }
     digest.update(json.dumps(description, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
@@ -173,47 +175,66 @@ def export_key(model: SentenceTransformer, input_names: tuple[str, ...]) -> str:
     return digest.hexdigest()[:32]
 
 
-def exported(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
-    """The cache directory holding the fp32 export, the int8 model and the guard's result.
-
-    One process exports a given key at a time (a lock file beside it); the others wait
-    and then find the finished directory."""
+def export_directory(model: SentenceTransformer, input_names: tuple[str, ...]) -> Path:
+    """Where ``model``'s export lives (or will), hashing its weights once per loaded model."""
     key = _keys.get(model)
-    if key is None:  # hashing the weights once per loaded model
+    if key is None:
         key = _keys[model] = export_key(model, input_names)
-    root = cache_dir() / "onnx"
-    directory = root / key
-    if (directory / "guard.json").is_file():
-        return directory
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f".{key}.lock") as locked:
-        if (directory / "guard.json").is_file():  # exported while this process waited
-            return directory
-        for stale in root.glob(f".export-{key}-*") if locked else ():  # from a killed export
+    return cache_dir() / "onnx" / key
+
+
+@dataclass(frozen=True)
+class Export:
+    """A model's fp32 export, its int8 model and their guard, as a once-per-machine result
+    (:class:`~.quality_guard.OncePerMachine`): the guard's measurement (``guard.json``),
+    whose presence also marks the directory complete."""
+
+    model: SentenceTransformer
+    input_names: tuple[str, ...]
+    directory: Path
+
+    needs_cache: ClassVar[bool] = True  # ORT runs the files: no files, no backend
+
+    def location(self) -> Path:
+        return self.directory
+
+    def lock_path(self, location: Path) -> Path:
+        return location.parent / f".{location.name}.lock"
+
+    def read(self, location: Path) -> dict[str, Any] | None:
+        guard = location / "guard.json"
+        return json.loads(guard.read_text()) if guard.is_file() else None
+
+    def measure(self, location: Path | None, *, exclusive: bool) -> dict[str, Any]:
+        """Export, quantize and measure into a staging directory renamed into place."""
+        assert location is not None  # needs_cache: always given a place
+        root, key = location.parent, location.name
+        for stale in root.glob(f".export-{key}-*") if exclusive else ():  # a killed export's
             shutil.rmtree(stale, ignore_errors=True)
         started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=f".export-{key}-", dir=root))
         try:
-            _export(model, input_names, staging / "model.onnx")
+            _export(self.model, self.input_names, staging / "model.onnx")
             _quantize(staging / "model.onnx", staging / "model.int8.onnx")
-            guard = {**_measure(model, staging), "floor": INT8_MIN_COSINE}
-            guard["corpus_texts"] = len(guard_corpus())
+            guard = {**_measure(self.model, staging), "floor": quality_guard.INT8_MIN_COSINE}
+            guard["corpus_texts"] = len(quality_guard.guard_texts())
             (staging / "guard.json").write_text(json.dumps(guard, indent=2) + "\n")
             staging.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users
             try:
-                staging.rename(directory)
+                staging.rename(location)
             except OSError:  # unlocked (Windows): another process renamed its export first
-                if not (directory / "guard.json").is_file():
+                if not (location / "guard.json").is_file():
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    logger.info("exported the model to %s in %.1f s", directory, time.perf_counter() - started)
-    return directory
+        logger.info("exported the model to %s in %.1f s", location, time.perf_counter() - started)
+        return self.read(location) or guard  # the kept one, where another process won
 
 
 def _export(model: SentenceTransformer, input_names: tuple[str, ...], path: Path) -> None:
-    """Trace a copy of the model with eager attention (plain MatMul/Softmax nodes, which
-    ONNX Runtime runs faster here than the traced SDPA graph, and which the quantizer sees)."""
+    """Trace a copy of the model with eager attention: plain MatMul/Softmax nodes, which the
+    quantizer sees and which ran faster on ONNX Runtime than the traced SDPA graph
+    (docs/benchmarks.md)."""
     import torch
 
     copy = deepcopy(model).to("cpu").float()
@@ -271,14 +292,14 @@ def _quantize(source: Path, target: Path) -> None:
         chatty.setLevel(level)
 
 
-# ---------------------------------------------------------------------- quality guard
+# ---------------------------------------------------------------------- the int8 guard
 def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
     """Over the guard corpus: the fp32 export's largest relative error to torch fp32 (it
     must reproduce torch, or the export is refused) and int8's minimum cosine to fp32."""
     import torch
 
     ort = require_onnx()
-    texts = sorted(guard_corpus(), key=len)
+    texts = sorted(quality_guard.guard_texts(), key=len)
     fp32 = _session(ort, directory / "model.onnx", None)
     int8 = _session(ort, directory / "model.int8.onnx", None)
     lowest, error = 1.0, 0.0
@@ -289,19 +310,17 @@ def _measure(model: SentenceTransformer, directory: Path) -> dict[str, float]:
         reference = fp32.run([OUTPUT], feed)[0]
         with torch.inference_mode():
             expected = model(features)[OUTPUT].float().cpu().numpy()
-        error = max(error, float(_relative_errors(reference, expected).max()))
-        lowest = min(lowest, float(cosines(reference, int8.run([OUTPUT], feed)[0]).min()))
-    if error > FP32_MAX_RELATIVE_ERROR:
+        error = max(error, float(quality_guard.relative_errors(reference, expected).max()))
+        lowered = int8.run([OUTPUT], feed)[0]
+        lowest = min(lowest, float(quality_guard.cosines(reference, lowered).min()))
+    ceiling = quality_guard.FP32_MAX_RELATIVE_ERROR
+    if error > ceiling:
         raise ModelError(
             f"the ONNX export of this model does not reproduce it: a vector differs from torch "
             f"fp32 by {error:.2e} (relative) on the guard corpus, over "
-            f"{FP32_MAX_RELATIVE_ERROR:.0e}; use backend='torch' for this model"
+            f"{ceiling:.0e}; use backend='torch' for this model"
         )
     return {"int8_min_cosine": lowest, "fp32_max_relative_error": error}
-
-
-def _relative_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
 def _as_numpy(value: Any) -> np.ndarray:

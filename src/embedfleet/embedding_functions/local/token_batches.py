@@ -11,7 +11,7 @@ array (4 bytes a token), and each batch is padded here, in numpy.
 (``[CLS] text [SEP]``, ``<s> text </s>``, ``text </s>``) and which side it pads
 and truncates, so a batch built here is the one the tokenizer would build. The
 caller still checks that on a probe against the model's own preprocessing
-before trusting it (see ``SentenceTransformerEmbeddingFunction``).
+before trusting it (see :mod:`.model_inputs`).
 """
 
 from __future__ import annotations
