@@ -32,6 +32,20 @@ def fragile_model_dir(tmp_path_factory):
     )
 
 
+@pytest.fixture
+def measured(monkeypatch) -> list[str]:
+    """The reduced precisions the guard measures (rather than reads back), in order."""
+    seen: list[str] = []
+    measure = precision_guard._measure
+
+    def counting(spec, reduced):
+        seen.append(reduced)
+        return measure(spec, reduced)
+
+    monkeypatch.setattr(precision_guard, "_measure", counting)
+    return seen
+
+
 def auto(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
     return SentenceTransformerEmbeddingFunction(str(model_dir), device="cpu", **kwargs)
 
@@ -71,18 +85,10 @@ def test_fp16_is_guarded_the_same_way(tiny_model_dir, fragile_model_dir):
 
 
 def test_the_result_is_kept_once_per_machine_and_remeasured_when_the_files_change(
-    tmp_path, native_bf16, monkeypatch
+    tmp_path, native_bf16, measured
 ):
     model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=3)
     spec = local_models.ModelSpec(str(model_dir), None, "cpu", "fp32")
-    measured: list[str] = []
-    measure = precision_guard._measure
-
-    def counting(spec, reduced):
-        measured.append(reduced)
-        return measure(spec, reduced)
-
-    monkeypatch.setattr(precision_guard, "_measure", counting)
     first = guarded_precision(spec, "bf16")
     quality_guard._memo.clear()  # as a new process would start: only the disk result
     assert guarded_precision(spec, "bf16") == first and measured == ["bf16"]
@@ -96,18 +102,10 @@ def test_the_result_is_kept_once_per_machine_and_remeasured_when_the_files_chang
     assert guarded_precision(spec, "bf16") == first and measured == ["bf16", "bf16"]
 
 
-def test_editing_the_guard_corpus_measures_again(tmp_path, monkeypatch):
+def test_editing_the_guard_corpus_measures_again(tmp_path, monkeypatch, measured):
     """The kept result is keyed by the corpus's texts, not their number."""
     model_dir = build_tiny_sentence_transformer(tmp_path / "model", seed=13)
     spec = local_models.ModelSpec(str(model_dir), None, "cpu", "fp32")
-    measured: list[str] = []
-    measure = precision_guard._measure
-
-    def counting(spec, reduced):
-        measured.append(reduced)
-        return measure(spec, reduced)
-
-    monkeypatch.setattr(precision_guard, "_measure", counting)
     guarded_precision(spec, "bf16")
     kept = precision_guard._result_path(spec, "bf16")
     quality_guard._memo.clear()  # a new process, after the word list was edited
