@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,65 @@ def test_bad_input_file_exits_2_naming_file_and_line(tmp_path, capsys, content, 
 def test_usage_errors_exit_2_with_a_message(capsys, arguments, message):
     assert main(arguments) == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def write_job(tmp_path, mode_line: str = "") -> str:
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}) + "\n" for i in range(6))
+    )
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        '[source]\nuri = "docs.jsonl"\nid_column = "id"\n[embedding]\nprovider = "hash"\n'
+        f'[output]\nuri = "out"\n{mode_line}\n'
+    )
+    return str(spec)
+
+
+def table_of(output: str) -> dict[str, str]:
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in output.splitlines())
+
+
+def test_plain_plan_says_it_is_an_estimate_and_never_prints_none(tmp_path, capsys):
+    assert main(["plan", write_job(tmp_path)]) == 0
+    table = table_of(capsys.readouterr().out)
+    assert table["counts"].startswith("estimate") and "plan --exact" in table["counts"]
+    assert table["snapshot"] == "a new snapshot"
+    assert table["base"] == "none: every row is embedded"
+    assert "None" not in "".join(table.values())
+
+
+def test_plan_exact_prints_exact_counts_as_a_table_and_as_json(tmp_path, capsys):
+    spec = write_job(tmp_path)
+    assert main(["plan", "--exact", "--json", spec]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    exact = plan["exact"]
+    assert plan["counts"] == "exact" and (exact["records"], exact["new"]) == (6, 6)
+    assert exact["tokens"] == plan["estimated_tokens"]  # six rows: the estimate counted all
+    assert main(["plan", "--exact", spec]) == 0
+    output = capsys.readouterr().out
+    table = table_of(output)
+    assert table["counts"].startswith("exact") and "None" not in output
+    assert table["to embed"] == f"6 rows, {exact['tokens']} tokens"
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("old", ["resume", "incremental"])
+def test_older_mode_names_mean_update_in_a_spec_and_on_the_command_line(tmp_path, capsys, old):
+    for arguments in (
+        [write_job(tmp_path, f'mode = "{old}"')],
+        ["--mode", old, write_job(tmp_path)],
+        ["--incremental", write_job(tmp_path)],
+    ):
+        assert main(["plan", "--json", *arguments]) == 0
+        note = json.loads(capsys.readouterr().out)["note"]
+        assert note == "no complete snapshot yet: every row is embedded"
+
+
+def test_an_unknown_mode_says_what_to_write(tmp_path, capsys):
+    assert main(["plan", write_job(tmp_path, 'mode = "nightly"')]) == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "output.mode must be one of ('update', 'overwrite')" in error
+    assert "incremental and resume are older names of update" in error
 
 
 def test_providers_lists_every_provider_and_its_status(capsys):

@@ -128,27 +128,30 @@ def test_every_row_is_embedded_or_rejected_with_a_reason(tmp_path):
     ]
     snapshot = Path(spec.output.uri) / (Path(spec.output.uri) / "_latest").read_text()
     rejects = pa.concat_tables(pq.read_table(path) for path in (snapshot / "_rejects").iterdir())
-    reasons = dict(zip(rejects["id"].to_pylist(), rejects["reason"].to_pylist(), strict=True))
-    assert reasons == {
-        "null": "text is null",
-        "empty": "text is empty",
-        "blank": "text is empty",
-        "missing": "text is null",
+    kinds = dict(zip(rejects["id"].to_pylist(), rejects["kind"].to_pylist(), strict=True))
+    assert kinds == {
+        "null": "null_text",
+        "empty": "empty_text",
+        "blank": "blank_text",
+        "missing": "missing_text",
+    }
+    assert rejects["line"].to_pylist() == [6, 7, 8, 9] and set(rejects["file"].to_pylist()) == {
+        "data.jsonl"
     }
     assert sorted(embedfleet.read(spec.output.uri).to_table()["id"].to_pylist()) == [
         f"r{index}" for index in range(5)
     ]
 
 
-def test_on_empty_error_fails_the_shard_naming_the_row(tmp_path):
+def test_on_bad_record_error_fails_the_shard_naming_the_file_and_line(tmp_path):
     source = write_jsonl(tmp_path / "data.jsonl", [*rows(3), {"id": "bad", "text": ""}])
     spec = make_spec(
-        {"uri": str(source), "id_column": "id", "on_empty": "error"}, str(tmp_path / "o")
+        {"uri": str(source), "id_column": "id", "on_bad_record": "error"}, str(tmp_path / "o")
     )
     result = Job(spec).run(progress=False)
-    assert not result.complete
+    assert not result.complete and list(result.failure_kinds.values()) == ["record"]
     (error,) = result.failed_shards.values()
-    assert "'bad'" in error and "text is empty" in error
+    assert "data.jsonl line 4: text field 'text' is empty" in error
 
 
 def test_missing_text_column_fails_before_any_work(tmp_path):
@@ -235,14 +238,14 @@ def _spec_file(tmp_path: Path, spec: JobSpec, name: str = "job.toml") -> list[st
     return [str(path)]
 
 
-def test_a_changed_config_refuses_to_resume_and_overwrite_starts_afresh(tmp_path):
+def test_a_changed_config_starts_a_new_snapshot_and_overwrite_starts_afresh(tmp_path):
     paths = write_parquet_files(tmp_path / "data", 2)
     paths[0].write_bytes(b"corrupt")
     spec = make_spec({"uri": str(tmp_path / "data"), "id_column": "id"}, str(tmp_path / "out"))
     assert not Job(spec).run(progress=False).complete
     spec.embedding.config = {"dimension": 16}
-    with pytest.raises(ConfigError, match=r"another provider or config.*overwrite"):
-        Job(spec).plan()
+    plan = Job(spec).plan()  # never resumed into: that would mix vectors
+    assert plan.snapshot is None and "made with another provider or config" in plan.note
     spec.output.mode = "overwrite"
     spec.source.uri = str(paths[1])
     result = Job(spec).run(progress=False)

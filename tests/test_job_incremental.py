@@ -4,6 +4,7 @@ provider (a TEI fake on 127.0.0.1) that records every text it is sent."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 import embedfleet
 from embedfleet.cli import EXIT_LOCKED, main
-from embedfleet.job import Job, JobSpec, store
+from embedfleet.job import Job, JobSpec, OutputSpec, store
 from embedfleet.output_format import content_hash
 from tests.fakes import tei
 from tests.fakes.server import FakeServer, Fault
@@ -56,6 +57,13 @@ def make_spec(source: Path, output: Path, server: FakeServer, **config: object) 
             "output": {"uri": str(output), "rows_per_shard": 40, "mode": "incremental"},
         }
     )
+
+
+def default_mode_spec(source: Path, output: Path, server: FakeServer) -> JobSpec:
+    """The spec a nightly cron job runs: no output.mode, so the default."""
+    spec = make_spec(source, output, server)
+    spec.output = OutputSpec(uri=str(output), rows_per_shard=40)
+    return spec
 
 
 def by_id(uri: Path) -> dict[str, dict]:
@@ -116,6 +124,7 @@ def test_unchanged_shards_are_copied_and_known_texts_reused(tmp_path, server):
     assert Job(make_spec(source, output, server)).run(progress=False).complete
     server.requests.clear()
 
+    os.utime(source, (1_000_000_000, 1_000_000_000))  # listed as changed, the same rows
     again = Job(make_spec(source, output, server)).run(progress=False)
     assert again.complete and again.embedded == 0 and again.carried_over == 120
     assert not server.requests  # nothing sent to the provider
@@ -207,6 +216,7 @@ def test_a_resumed_run_re_embeds_shards_whose_file_changed_since_their_commit(tm
     (folder / "b.jsonl").write_text("not json at all\n")  # fails its shard: run unfinished
     spec = make_spec(folder, output, server)
     spec.output.mode = "resume"
+    spec.source.on_bad_record = "error"
     assert not Job(spec).run(progress=False).complete  # a.jsonl's shards are committed
 
     edited = {f"a-{index}": f"first file, edited {index}" for index in range(0, 30, 2)}
@@ -264,3 +274,48 @@ def test_key_collisions_never_carry_a_wrong_vector(monkeypatch):
     for row, (kind, source) in enumerate(zip(matches.kinds, matches.sources, strict=True)):
         assert kind in (incremental.CARRY, incremental.REUSE) and source == shuffled[row]
     assert matches.count(incremental.CARRY) == 1
+
+
+def test_a_rerun_of_an_unchanged_source_in_the_default_mode_costs_nothing(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    write_corpus(source, corpus(60))
+    first = Job(default_mode_spec(source, output, server)).run(progress=False)
+    assert first.complete and first.embedded == 60
+    server.requests.clear()
+
+    again = Job(default_mode_spec(source, output, server)).run(progress=False)
+    assert again.complete and again.up_to_date and again.run_id == first.run_id
+    assert (again.rows_read, again.embedded, again.tokens) == (0, 0, 0)
+    assert not server.requests  # nothing sent to the provider
+    outputs = store.OutputStore(str(output))
+    assert outputs.snapshot_ids() == [first.run_id] and outputs.latest() == first.run_id
+    assert outputs.snapshot(first.run_id).manifest()["vectors"] == 60  # still true
+    assert ("complete", "yes: up to date") in again.summary_rows(str(output))
+
+
+def test_plan_exact_counts_what_the_default_rerun_then_embeds(tmp_path, server):
+    source, output = tmp_path / "docs.jsonl", tmp_path / "out"
+    before = corpus(60)
+    write_corpus(source, before)
+    assert Job(default_mode_spec(source, output, server)).run(progress=False).complete
+    after = dict(before)
+    for id_ in ("doc-0001", "doc-0002", "doc-0003"):  # changed
+        after[id_] = f"rewritten {id_}"
+    del after["doc-0010"], after["doc-0011"]  # deleted
+    after["doc-new-1"] = "a brand new document"  # new
+    after["doc-new-2"] = before["doc-0020"]  # new, with a text the snapshot has: reused
+    after["doc-0030"] = ""  # rejected
+    write_corpus(source, after)
+    server.requests.clear()
+
+    job = Job(default_mode_spec(source, output, server))
+    exact = job.plan(exact=True).exact
+    assert exact is not None and not server.requests  # counting embeds nothing
+    assert (exact.new, exact.changed, exact.unchanged, exact.deleted) == (2, 3, 54, 2)
+    assert (exact.reused, exact.rejected, exact.to_embed) == (1, 1, 4)
+    assert exact.rejected_by_kind == {"empty_text": 1}
+    result = job.run(progress=False)
+    texts = [after[id_] for id_ in ("doc-0001", "doc-0002", "doc-0003", "doc-new-1")]
+    assert sent_texts(server) == Counter(texts)
+    assert (result.embedded, result.reused, result.carried_over) == (4, 1, 54)
+    assert (result.deleted, result.rejected, result.tokens) == (2, 1, exact.tokens)

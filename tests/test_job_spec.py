@@ -20,7 +20,7 @@ def test_bundled_quickstart_spec_loads_with_paths_resolved(repo_root):
     spec = JobSpec.from_toml(repo_root / "jobs/quickstart.toml")
     assert spec.source.uri == str(repo_root / "jobs/../data/sample/docs.jsonl")
     assert spec.embedding.provider == "default"
-    assert spec.fleet.replicas == 2 and spec.output.mode == "resume"
+    assert spec.fleet.replicas == 2 and spec.output.mode == "update"
 
 
 def test_every_bundled_spec_is_valid(repo_root):
@@ -30,7 +30,8 @@ def test_every_bundled_spec_is_valid(repo_root):
 
 def test_defaults_fill_what_the_spec_leaves_out(tmp_path):
     spec = JobSpec.from_toml(write(tmp_path, MINIMAL))
-    assert spec.source.text_column == "text" and spec.source.on_empty == "reject"
+    assert spec.source.text_column == "text" and spec.source.bad_record_policy == "reject"
+    assert spec.output.mode == "update" and spec.output.policy == "update"
     assert spec.output.rows_per_shard == 10_000 and spec.output.keep_snapshots == 3
     assert spec.embedding.provider == "default" and spec.fleet.replicas == 1
 

@@ -17,6 +17,7 @@ from embedfleet.embedding_functions import (
 )
 from embedfleet.errors import (
     AuthenticationError,
+    BadRecordError,
     BadRequestError,
     BatchFailedError,
     ConfigError,
@@ -44,6 +45,7 @@ from embedfleet.output_format import embeddings_table, write_parquet
 
 __all__ = [
     "AuthenticationError",
+    "BadRecordError",
     "BadRequestError",
     "BatchFailedError",
     "ConfigError",

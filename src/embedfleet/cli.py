@@ -1,7 +1,8 @@
 """The ``embedfleet`` command: parse, call the library, print.
 
 Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
-provider, output, or some shards failed: re-run to retry only those); 2 bad
+provider, output, or some shards failed: the advice printed says what to fix, and a
+re-run retries only those); 2 bad
 usage, config or input (nothing was embedded); 3 the output is locked by
 another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
 committed shards stay, re-run to resume, with a fresh per-run budget); 130 interrupted
@@ -23,7 +24,7 @@ from embedfleet import embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
-from embedfleet.job.spec import MODES
+from embedfleet.job.spec import MODE_ALIASES, MODES
 from embedfleet.job.store import OutputStore
 from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
 from embedfleet.pricing import format_cost
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a job spec: embed a dataset into Parquet",
-        epilog="exit codes: 0 done; 1 shards failed (re-run retries them); 2 bad spec; "
+        epilog="exit codes: 0 done (or up to date); 1 shards failed (the advice printed says "
+        "what to fix; a re-run retries only them); 2 bad spec; "
         "3 locked; 4 stopped at the budget (re-run to resume, with a fresh per-run budget); "
         "130 interrupted",
     )
@@ -99,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="shards, rows and tokens of a job, embedding nothing")
     _job_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--exact",
+        action="store_true",
+        help="read every record of the source (and the latest snapshot's ids and hashes) and "
+        "count new, changed, unchanged and deleted rows and the tokens to embed exactly "
+        "(without it: a bounded estimate)",
+    )
     plan.set_defaults(handler=_plan)
 
     status = commands.add_parser("status", help="summarise a job output's snapshots")
@@ -128,13 +137,19 @@ def _parser() -> argparse.ArgumentParser:
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="job spec (TOML)")
     parser.add_argument("--output", help="override output.uri")
-    parser.add_argument("--mode", choices=MODES, help="override output.mode")
+    parser.add_argument(
+        "--mode",
+        choices=[*MODES, *MODE_ALIASES],
+        help="override output.mode: update (the default: resume, else embed only new and "
+        "changed rows) or overwrite (embed everything again); incremental and resume are "
+        "older names of update",
+    )
     parser.add_argument(
         "--incremental",
         action="store_const",
-        const="incremental",
+        const="update",
         dest="mode",
-        help="same as --mode incremental: embed only new and changed rows",
+        help="same as --mode update (the default): embed only new and changed rows",
     )
     parser.add_argument("--rows-per-shard", type=int, help="override output.rows_per_shard")
     parser.add_argument("--replicas", type=int, help="override fleet.replicas")
@@ -175,36 +190,7 @@ def _run(arguments: argparse.Namespace) -> int:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
     if not arguments.quiet:
-        _print_table(
-            [
-                ("snapshot", f"{job.spec.output.uri}/{result.snapshot}"),
-                ("complete", "yes" if result.complete else "no"),
-                ("rows read", result.rows_read),
-                ("embedded", result.embedded),
-                ("carried over", result.carried_over),
-                ("reused", result.reused),
-                ("deleted", result.deleted),
-                ("resumed", f"{result.resumed} (rows committed by an earlier attempt)"),
-                ("rejected", result.rejected),
-                ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
-                ("failed shards", len(result.failed_shards)),
-                (
-                    "tokens",
-                    f"{result.tokens:,} this run (plan estimated {result.estimated_tokens:,})",
-                ),
-                ("est. cost", format_cost(result.estimated_cost)),
-                (
-                    "time",
-                    f"{result.seconds:.1f} s ({result.startup_seconds:.1f} s start-up, "
-                    f"{result.finish_seconds:.1f} s finish)",
-                ),
-                (
-                    "rows/s",
-                    f"{result.rows_per_second:.1f} "
-                    f"({result.steady_rows_per_second:.1f} between start-up and finish)",
-                ),
-            ]
-        )
+        _print_table(result.summary_rows(job.spec.output.uri))
     for shard, error in sorted(result.failed_shards.items()):
         print(f"embedfleet: shard {shard} failed: {error}", file=sys.stderr)
     if result.budget_stopped:
@@ -217,37 +203,19 @@ def _run(arguments: argparse.Namespace) -> int:
             "the rest may spend).",
             file=sys.stderr,
         )
+    for advice in result.advice():
+        print(f"embedfleet: {advice}", file=sys.stderr)
     if result.failed_shards:
-        print(
-            "embedfleet: re-run the same command to retry only the failed shards", file=sys.stderr
-        )
         return EXIT_FAILED
     return EXIT_BUDGET if result.budget_stopped else EXIT_OK
 
 
 def _plan(arguments: argparse.Namespace) -> int:
-    plan = _load_job(arguments).plan()
+    plan = _load_job(arguments).plan(exact=arguments.exact)
     if arguments.json:
         print(json.dumps(plan.summary(), indent=2))
-        return EXIT_OK
-    rows: list[tuple[str, object]] = [
-        ("fingerprint", plan.fingerprint),
-        ("shards", len(plan.shards)),
-        ("estimated rows", f"{plan.estimated_rows:,}"),
-        ("estimated tokens", f"{plan.estimated_tokens:,} ({plan.token_basis})"),
-        ("estimated cost", format_cost(plan.estimated_cost)),
-        ("price", plan.price.describe()),
-    ]
-    budget = plan.budget_note()
-    if budget is not None:
-        rows.append(("budget", budget))
-    rows += [
-        ("snapshot", plan.snapshot),
-        ("committed shards", plan.committed),
-        ("base", plan.base),
-        ("note", plan.note),
-    ]
-    _print_table(rows)
+    else:
+        _print_table(plan.table_rows())
     return EXIT_OK
 
 

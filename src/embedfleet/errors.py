@@ -23,6 +23,7 @@ so ``except TypeError`` keeps working for code written against Chroma::
     │   ├── BadRequestError               400/413/422: the provider refused the input
     │   └── RateLimitError                429 past every retry
     ├── SourceReadError                   a source file cannot be opened or parsed
+    │   └── BadRecordError                a malformed record, with on_bad_record = "error"
     └── FleetError                        a fleet of Ray actors failed
         ├── FleetStartError               replicas could not be placed or built
         └── BatchFailedError              a replica raised for one batch
@@ -37,6 +38,7 @@ import typing
 
 __all__ = [
     "AuthenticationError",
+    "BadRecordError",
     "BadRequestError",
     "BatchFailedError",
     "ConfigError",
@@ -120,8 +122,14 @@ class LockedError(EmbedfleetError):
 
 
 class SourceReadError(EmbedfleetError):
-    """A source file cannot be opened, decompressed or parsed (corrupt Parquet, invalid JSON or
-    UTF-8); the message names the file, so one bad file fails only its own shards."""
+    """A source file cannot be opened, decompressed or parsed as a whole (corrupt Parquet, a
+    broken gzip stream); the message names the file, so one bad file fails only its own
+    shards. One bad record is a reject, not this error (see ``BadRecordError``)."""
+
+
+class BadRecordError(SourceReadError):
+    """A record cannot be embedded (invalid JSON or UTF-8, a missing or empty text, ...) and
+    the job's ``source.on_bad_record`` is ``"error"``; the message names the file and line."""
 
 
 class ProviderError(EmbedfleetError):

@@ -1,21 +1,15 @@
-"""Source file formats: names -> format and compression, opening, and raw record streams.
+"""Source file formats: names -> format and compression, opening, reading, lines.
 
-Kept apart from ``sources.py`` (listing, shard planning, id rules) so that each format's
-reader is one small generator. A reader yields ``(derived_ids, columns)`` pairs of at most
-``batch_rows`` rows: ``columns`` maps every requested name to a list (``None`` where a record
-lacks the key); ``sources.read_shard`` turns them into ``ShardRows`` and checks ids and texts.
-
-Every failure to open, decompress or parse bytes becomes ``SourceReadError`` naming the
-file, so one bad file fails its own shard with a message a user can act on.
+What every format's reader (``readers.py``) needs from a file: its format and
+codec from its name, a binary stream (decompressed), blocks and lines read from
+it with every backend and codec error mapped to ``SourceReadError`` naming the
+file, and the Parquet footer. A file that cannot be opened, decompressed or read
+fails its own shard with a message a user can act on.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -45,8 +39,6 @@ EXTENSION_FORMATS = {
 HEAD_BYTES = 64 * 1024  # head sample for line-length estimates: small, one ranged read
 READ_BLOCK = 1 << 20  # bytes per read while streaming lines
 BOM = b"\xef\xbb\xbf"
-
-RawBatch = tuple[list[str], dict[str, list[Any]]]
 
 
 def split_compression(name: str) -> tuple[str, str | None]:
@@ -191,205 +183,8 @@ def parquet_footer(uri: str, storage_options: dict[str, Any]) -> pq.FileMetaData
         return None
 
 
-def first_record_columns(
-    uri: str, fmt: str, storage_options: dict[str, Any], compression: str | None
-) -> list[str] | None:
-    """Keys of the first JSONL record or the CSV header; ``None`` if none can be read."""
-    try:
-        with open_stream(uri, storage_options, compression) as handle:
-            if fmt == "csv":
-                return next(_csv_rows(handle, uri), None)
-            for offset, _, raw in iter_lines(handle, uri):
-                if raw.strip():
-                    record = json.loads(raw.removeprefix(BOM) if offset == 0 else raw)
-                    return list(record) if isinstance(record, dict) else None
-    except (EmbedfleetError, ValueError):
-        return None
-    return None
-
-
 def missing_columns_error(uri: str, missing: Sequence[str], found: Sequence[str]) -> ConfigError:
     return ConfigError(
         f"{uri}: column(s) {', '.join(map(repr, missing))} not found; "
         f"columns found: {', '.join(map(repr, found)) or '(none)'}"
     )
-
-
-def line_batches(
-    uri: str,
-    storage_options: dict[str, Any],
-    compression: str | None,
-    relative_path: str,
-    fmt: str,
-    span: tuple[int, int | None],
-    names: Sequence[str],
-    batch_rows: int,
-) -> Iterator[RawBatch]:
-    """JSONL records or text lines of one byte range (or the whole stream, ``end=None``).
-
-    Whole streams (compressed files) derive ids from the line index, ranges from the byte
-    offset. JSONL skips blank lines (they are not records); text keeps every line.
-    """
-    start, end = span
-    by_index = end is None
-
-    def records() -> Iterator[tuple[str, list[Any]]]:
-        for offset, index, raw in iter_lines(handle, uri, start, end):
-            raw = raw.removeprefix(BOM) if offset == 0 else raw
-            where = f"line {index}" if by_index else f"byte offset {offset}"
-            if fmt == "text":
-                record = {names[0]: _decode(raw, uri, where)}
-            elif not raw.strip():
-                continue
-            else:
-                record = _json_object(raw, uri, where)
-            id_ = f"{relative_path}#{index}" if by_index else f"{relative_path}@{offset}"
-            yield id_, [record.get(name) for name in names]
-
-    with open_stream(uri, storage_options, compression) as handle:
-        yield from _in_batches(records(), names, batch_rows)
-
-
-def csv_batches(
-    uri: str,
-    storage_options: dict[str, Any],
-    compression: str | None,
-    relative_path: str,
-    names: Sequence[str],
-    batch_rows: int,
-) -> Iterator[RawBatch]:
-    """CSV/TSV records as strings; ids ``path#record_index`` (0-based, header excluded).
-
-    Blank rows are skipped; a short row gives ``None`` for its missing fields.
-    """
-    with open_stream(uri, storage_options, compression) as handle:
-        rows = _csv_rows(handle, uri)
-        header = next(rows, None)
-        if header is None:
-            return
-        missing = [name for name in names if name not in header]
-        if missing:
-            raise missing_columns_error(uri, missing, header)
-        positions = [header.index(name) for name in names]
-        records = (
-            (
-                f"{relative_path}#{record_index}",
-                [row[position] if position < len(row) else None for position in positions],
-            )
-            for record_index, row in enumerate(row for row in rows if row)
-        )
-        yield from _in_batches(records, names, batch_rows)
-
-
-def _in_batches(
-    records: Iterable[tuple[str, list[Any]]], names: Sequence[str], batch_rows: int
-) -> Iterator[RawBatch]:
-    """Group (id, values in ``names`` order) pairs into batches of ``batch_rows``."""
-    ids: list[str] = []
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    for id_, values in records:
-        ids.append(id_)
-        for name, value in zip(names, values, strict=True):
-            columns[name].append(value)
-        if len(ids) == batch_rows:
-            yield ids, columns
-            ids, columns = [], {name: [] for name in names}
-    if ids:
-        yield ids, columns
-
-
-def parquet_batches(
-    uri: str,
-    storage_options: dict[str, Any],
-    relative_path: str,
-    row_groups: range | None,
-    first_row: int,
-    names: Sequence[str],
-    batch_rows: int,
-) -> Iterator[RawBatch]:
-    """The shard's row groups (all for ``None``), only the needed columns, ``batch_rows`` at a
-    time; ids ``path#row_index_in_file``."""
-    with open_stream(uri, storage_options, None) as handle:
-        try:
-            parquet = pq.ParquetFile(handle)
-            found = parquet.schema_arrow.names
-        except Exception as exc:
-            raise SourceReadError(f"cannot open Parquet file {uri}: {exc}") from exc
-        missing = [name for name in names if name not in found]
-        if missing:
-            raise missing_columns_error(uri, missing, found)
-        groups = row_groups if row_groups is not None else range(parquet.num_row_groups)
-        batches = parquet.iter_batches(
-            batch_size=batch_rows, row_groups=list(groups), columns=list(names)
-        )
-        row = first_row
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise SourceReadError(f"cannot read Parquet file {uri}: {exc}") from exc
-            ids = [f"{relative_path}#{row + i}" for i in range(batch.num_rows)]
-            row += batch.num_rows
-            yield ids, {name: batch.column(name).to_pylist() for name in names}
-
-
-def text_file_batches(
-    uri: str,
-    storage_options: dict[str, Any],
-    compression: str | None,
-    relative_path: str,
-    text_column: str,
-) -> Iterator[RawBatch]:
-    """One document: the whole file, UTF-8 (a leading BOM dropped); its id is the path."""
-    with open_stream(uri, storage_options, compression) as handle:
-        blocks = iter(lambda: read_block(handle, READ_BLOCK, uri), b"")
-        data = b"".join(blocks).removeprefix(BOM)
-    yield [relative_path], {text_column: [_decode(data, uri, "content")]}
-
-
-def _csv_rows(handle: IO, uri: str) -> Iterator[list[str]]:
-    """Parsed CSV rows with decode and parse errors naming the file.
-
-    csv's default field limit (128 KiB) is below real documents; raising it process-wide
-    only lets larger fields parse.
-    """
-    if csv.field_size_limit() < sys.maxsize // 2:
-        csv.field_size_limit(sys.maxsize // 2)
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text, delimiter=delimiter_for(uri))
-    try:
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise SourceReadError(
-                    f"cannot parse CSV {uri} near line {reader.line_num}: {exc}"
-                ) from exc
-            except SourceReadError:
-                raise
-            except Exception as exc:  # decompression or backend errors, as in read_block
-                raise SourceReadError(f"cannot read {uri}: {exc}") from exc
-            yield row
-    finally:
-        text.detach()  # the caller's context closes the binary stream
-
-
-def _decode(raw: bytes, uri: str, where: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SourceReadError(f"invalid UTF-8 at {where} of {uri}: {exc}") from exc
-
-
-def _json_object(raw: bytes, uri: str, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for invalid UTF-8
-        raise SourceReadError(f"invalid JSON at {where} of {uri}: {exc}") from exc
-    if not isinstance(record, dict):
-        raise SourceReadError(f"{where} of {uri} is a JSON {type(record).__name__}, not an object")
-    return record

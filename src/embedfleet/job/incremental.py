@@ -1,7 +1,8 @@
 """Incremental re-embedding: which rows a run can take from the previous snapshot.
 
-A run in ``mode = "incremental"`` starts from the latest complete snapshot made
-with the same fingerprint (the *base*). The driver reads the base's ``id`` and
+A run in ``mode = "update"`` (the default; ``incremental`` is its older name) that
+starts a new snapshot starts it from the latest complete snapshot made with the
+same fingerprint (the *base*). The driver reads the base's ``id`` and
 ``content_hash`` columns once into an :class:`BaseIndex` (a small Arrow table plus
 sorted 64-bit keys of its ids and hashes, shared with every shard task through
 Ray's object store). Each shard task looks its rows up by key (``searchsorted``,
@@ -11,6 +12,9 @@ hits confirmed on the full strings) and sorts them into four kinds::
     reused    another id in the base has this exact text: its vector, no model call
     embedded  new or changed text: sent to the model
     (deleted  ids of the base in neither the new parts nor their rejects: the driver)
+
+``embedfleet plan --exact`` (``exact.py``) sorts the source's rows with the same
+``match``, without embedding, to count what a run would do.
 
 Vectors are read back from the base's part files, one file at a time, only for
 the rows that need them. A shard whose rows are exactly one base part, unchanged
@@ -109,6 +113,7 @@ class Matches:
 
     kinds: np.ndarray  # EMBED / CARRY / REUSE per row
     sources: np.ndarray  # row of the base index holding the vector, -1 for EMBED
+    known: np.ndarray  # whether the row's id is in the base (else the row is new)
 
     def count(self, kind: int) -> int:
         return int((self.kinds == kind).sum())
@@ -119,8 +124,9 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     count = len(ids)
     kinds = np.full(count, EMBED, dtype=np.int8)
     sources = np.full(count, -1, dtype=np.int64)
+    known = np.zeros(count, dtype=bool)
     if not count or not index.rows:
-        return Matches(kinds, sources)
+        return Matches(kinds, sources, known)
     base = index.table
     # candidates by 64-bit key, confirmed on the full strings (a key collision embeds)
     by_id = _lookup(index.id_keys, index.id_rows, np.fromiter(map(_id_key, ids), np.uint64))
@@ -129,7 +135,8 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
     base_texts = base["content_hash"].take(pa.array(by_id[candidates])).to_pylist()
     same = np.zeros(count, dtype=bool)
     for position, base_id, base_hash in zip(candidates, base_ids, base_texts, strict=True):
-        same[position] = base_id == ids[position] and base_hash == hashes[position]
+        known[position] = base_id == ids[position]
+        same[position] = known[position] and base_hash == hashes[position]
     kinds[same] = CARRY
     sources[same] = by_id[same]
     rest = np.flatnonzero(~same)
@@ -142,7 +149,7 @@ def match(ids: list[str], hashes: list[str], index: BaseIndex) -> Matches:
             if base_hash == hashes[rest[offset]]:
                 kinds[rest[offset]] = REUSE
                 sources[rest[offset]] = by_text[offset]
-    return Matches(kinds, sources)
+    return Matches(kinds, sources, known)
 
 
 def fetch_vectors(snapshot: Snapshot, index: BaseIndex, rows: np.ndarray) -> list[np.ndarray]:

@@ -4,7 +4,8 @@ carries from, and how many tokens it would be billed.
 ``embedfleet plan`` shows this without embedding or writing anything, and ``run()``
 acts on the same answer, so what a user reviewed is what runs. Tokens are counted on
 real text with the provider's own counter: small datasets whole, larger ones from a
-sample spread over the dataset, scaled to the planned rows (and said so).
+sample spread over the dataset, scaled to the planned rows (and said so): a bounded
+estimate. ``plan --exact`` (``exact.py``) reads every record instead and counts.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 
 from embedfleet import pricing
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import ConfigError, EmbedfleetError
+from embedfleet.errors import EmbedfleetError
 from embedfleet.job import sources
 from embedfleet.job.billing import billed_tokens
+from embedfleet.job.exact import ExactCounts
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import SourceSpec
 from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
@@ -39,22 +41,67 @@ class JobPlan:
     price: pricing.Price = field(default_factory=lambda: pricing.Price(0.0, "local model"))
     token_limit: int | None = None  # this run's budget in tokens; None: no limit
     base: str | None = None  # incremental: the snapshot unchanged rows are carried from
+    up_to_date: bool = False  # the latest snapshot holds the source as listed now: no run
+    exact: ExactCounts | None = None  # plan --exact: every record read and counted
 
     @property
     def estimated_cost(self) -> float | None:
         """USD for every shard (None: the price is unknown)."""
         return self.price.cost(self.estimated_tokens)
 
+    @property
+    def counts(self) -> str:
+        """Which of the two plans this is, in words."""
+        if self.exact is not None:
+            return "exact: every record of the source read and matched against the base"
+        return "estimate (bounded reads); `embedfleet plan --exact` reads every record and counts"
+
     def budget_note(self) -> str | None:
         """Whether the estimate fits in the run's budget; None without a budget."""
         if self.token_limit is None:
             return None
         needed = self.estimated_tokens
-        if self.shards and self.committed:  # a resume pays only for what is left
+        if self.exact is not None:
+            needed = self.exact.tokens
+        elif self.shards and self.committed:  # a resume pays only for what is left
             left = len(self.shards) - self.committed
             needed = math.ceil(needed * left / len(self.shards))
         verdict = "fits" if needed <= self.token_limit else "exceeds it: the run would stop early"
         return f"{self.token_limit:,} tokens this run; the estimate ({needed:,}) {verdict}"
+
+    def table_rows(self) -> list[tuple[str, object]]:
+        """The table ``embedfleet plan`` prints (labels and values, never a bare None)."""
+        rows: list[tuple[str, object]] = [
+            ("counts", self.counts),
+            ("fingerprint", self.fingerprint),
+            ("shards", len(self.shards)),
+        ]
+        if self.exact is None:
+            rows += [
+                ("estimated rows", f"{self.estimated_rows:,}"),
+                ("estimated tokens", f"{self.estimated_tokens:,} ({self.token_basis})"),
+                ("estimated cost", pricing.format_cost(self.estimated_cost)),
+            ]
+        rows.append(("price", self.price.describe()))
+        budget = self.budget_note()
+        if budget is not None:
+            rows.append(("budget", budget))
+        if self.up_to_date:
+            snapshot = f"none: {SNAPSHOTS}/{self.base} is up to date"
+        elif self.snapshot is None:
+            snapshot = "a new snapshot"
+        else:
+            snapshot = f"{SNAPSHOTS}/{self.snapshot} (resumed)"
+        base = f"{SNAPSHOTS}/{self.base}" if self.base else "none: every row is embedded"
+        rows += [
+            ("snapshot", snapshot),
+            ("committed shards", self.committed),
+            ("base", base),
+            ("note", self.note),
+        ]
+        if self.exact is not None:
+            rows += _exact_rows(self.exact, self.price)
+        return rows
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -71,8 +118,31 @@ class JobPlan:
             "snapshot": self.snapshot,
             "committed_shards": self.committed,
             "base": self.base,
+            "up_to_date": self.up_to_date,
             "note": self.note,
+            "counts": "exact" if self.exact is not None else "estimate",
+            "exact": None if self.exact is None else self.exact.to_dict(),
+            "exact_cost": None if self.exact is None else self.price.cost(self.exact.tokens),
         }
+
+
+def _exact_rows(exact: ExactCounts, price: pricing.Price) -> list[tuple[str, object]]:
+    kinds = ", ".join(f"{kind} {count:,}" for kind, count in exact.rejected_by_kind.items())
+    rows: list[tuple[str, object]] = [
+        ("records read", f"{exact.records:,}"),
+        ("new", f"{exact.new:,}"),
+        ("changed", f"{exact.changed:,}"),
+        ("unchanged", f"{exact.unchanged:,} (carried over)"),
+        ("deleted", f"{exact.deleted:,}"),
+        ("reused", f"{exact.reused:,} (new or changed texts the base has a vector for)"),
+        ("rejected", f"{exact.rejected:,}" + (f" ({kinds})" if kinds else "")),
+        ("resumed rows", f"{exact.committed:,} (in shards already committed)"),
+        ("to embed", f"{exact.to_embed:,} rows, {exact.tokens:,} tokens"),
+        ("cost", pricing.format_cost(price.cost(exact.tokens))),
+    ]
+    for file, error in sorted(exact.unreadable.items()):
+        rows.append(("unreadable", f"{file}: {error}"))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -80,70 +150,83 @@ class SnapshotChoice:
     snapshot: str | None  # the unfinished snapshot to resume, or None for a new one
     committed: int  # its shards already committed
     note: str  # what the run would do
-    base: str | None = None  # incremental: the complete snapshot to carry rows from
+    base: str | None = None  # the complete snapshot to carry unchanged rows from
+    up_to_date: bool = False  # base holds every planned shard's file as listed now: no run
 
 
 def choose_snapshot(
     output: OutputStore, mode: str, fingerprint: str, shards: list[Shard]
 ) -> SnapshotChoice:
-    """``overwrite``: a new snapshot. ``resume``: the newest unfinished snapshot newer
-    than ``_latest`` if made with this fingerprint (else a ConfigError), or a new one.
-    ``incremental``: like resume, but another fingerprint starts a new snapshot, and a
-    new snapshot carries from the latest complete one if made with this fingerprint."""
+    """``overwrite``: a new snapshot that embeds every row. ``update``: the newest
+    unfinished snapshot newer than ``_latest`` if made with this fingerprint; else
+    nothing when the latest snapshot is up to date; else a new snapshot carrying
+    unchanged rows from the latest if made with this fingerprint, or embedding every
+    row (no complete snapshot yet, or the provider or config changed)."""
     if mode == "overwrite":
-        return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every shard")
+        return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every row again")
     latest = output.latest()
     unfinished = [
         run
         for run in output.snapshot_ids()
         if (latest is None or run > latest) and not output.snapshot(run).is_complete()
     ]
-    if not unfinished:
-        if mode == "incremental":
-            return _incremental_base(output, fingerprint, latest)
-        return SnapshotChoice(None, 0, "a new snapshot embeds every shard")
-    newest = output.snapshot(unfinished[-1])
-    info = newest.run_info() or {}
-    if info.get("fingerprint") != fingerprint and mode == "incremental":
-        note = (
-            f"incremental: the unfinished {newest.relative} was made with another "
-            "provider or config, so a new snapshot re-embeds every row (full re-embed)"
+    left = ""
+    if unfinished:
+        newest = output.snapshot(unfinished[-1])
+        info = newest.run_info() or {}
+        if info.get("fingerprint") == fingerprint:
+            committed = len(still_committed(newest.commits(), shards))
+            base = info.get("base")
+            note = (
+                f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
+            )
+            if base:
+                note += f" (unchanged rows carried from {SNAPSHOTS}/{base})"
+            return SnapshotChoice(newest.run_id, committed, note, base)
+        left = (
+            f"the unfinished {newest.relative} was made with another provider or config "
+            "and is left as it is; "
         )
-        return SnapshotChoice(None, 0, note)
-    if info.get("fingerprint") != fingerprint:
-        raise ConfigError(
-            f"the unfinished snapshot {newest.relative} was made with another provider or "
-            f"config (fingerprint {info.get('fingerprint')}, this spec {fingerprint}); "
-            "resuming would mix vectors. Run with mode 'overwrite' to start a new snapshot."
-        )
-    committed = len(still_committed(newest.commits(), shards))
-    base = info.get("base")
-    note = f"resume {newest.relative}: {committed} of {len(shards)} shards already committed"
-    if base:
-        note += f" (incremental from {SNAPSHOTS}/{base})"
-    return SnapshotChoice(newest.run_id, committed, note, base)
+    return _from_latest(output, fingerprint, latest, shards, left)
 
 
-def _incremental_base(output: OutputStore, fingerprint: str, latest: str | None) -> SnapshotChoice:
-    """A new snapshot of an incremental run, and what it carries unchanged rows from."""
+def _from_latest(
+    output: OutputStore, fingerprint: str, latest: str | None, shards: list[Shard], left: str
+) -> SnapshotChoice:
+    """A new snapshot of an ``update`` run, and what it carries unchanged rows from."""
     if latest is None:
-        return SnapshotChoice(
-            None, 0, "incremental: no complete snapshot yet, so every row is embedded"
-        )
-    info = output.snapshot(latest).run_info() or {}
+        note = "no complete snapshot yet: every row is embedded" + (" (full re-embed)" * bool(left))
+        return SnapshotChoice(None, 0, left + note)
+    snapshot = output.snapshot(latest)
+    info = snapshot.run_info() or {}
     if info.get("fingerprint") != fingerprint:
         note = (
-            f"incremental: the embedding function or its config changed since "
-            f"{SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
-            f"{fingerprint}), so every row is re-embedded (full re-embed)"
+            f"the embedding function or its config changed since {SNAPSHOTS}/{latest} "
+            f"(fingerprint {info.get('fingerprint')} -> {fingerprint}): every row is "
+            "re-embedded (full re-embed)"
         )
-        return SnapshotChoice(None, 0, note)
+        return SnapshotChoice(None, 0, left + note)
+    if _holds_the_source(snapshot.commits(), shards):
+        note = (
+            f"up to date: {SNAPSHOTS}/{latest} holds every source file as listed now (same "
+            "sizes and modification times or etags) with this provider and config; nothing "
+            "is read, embedded or written"
+        )
+        return SnapshotChoice(None, 0, left + note, latest, up_to_date=True)
     note = (
-        f"incremental from {SNAPSHOTS}/{latest}: unchanged rows are carried over, "
-        "texts it already has are reused, new and changed rows are embedded, and ids "
-        "no longer in the source are dropped"
+        f"update from {SNAPSHOTS}/{latest}: unchanged rows are carried over, texts it "
+        "already has are reused, new and changed rows are embedded, and ids no longer "
+        "in the source are dropped"
     )
-    return SnapshotChoice(None, 0, note, latest)
+    return SnapshotChoice(None, 0, left + note, latest)
+
+
+def _holds_the_source(markers: dict[str, ShardMarker], shards: list[Shard]) -> bool:
+    """Whether a complete snapshot's shards are exactly the planned ones, each committed
+    from its file as listed now (a version with more than the size: an etag or mtime)."""
+    planned = {shard.shard_id: shard.source_version for shard in shards}
+    recorded = {marker.shard_id: marker.source_version for marker in markers.values()}
+    return bool(planned) and planned == recorded and all(":" in v for v in planned.values())
 
 
 def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dict[str, ShardMarker]:
@@ -199,8 +282,8 @@ def _sample(
     stream = sources.read_shard(shard, source, batch_rows=min(limit, 2048))
     try:
         for piece in stream:
-            rows += len(piece.ids)
-            texts += [text for text in piece.texts if text is not None and text.strip()]
+            rows += piece.records
+            texts += piece.texts
             if rows >= limit:
                 return rows, billed_tokens(counter, texts), False
     finally:

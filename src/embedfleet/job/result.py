@@ -2,7 +2,14 @@
 
 Rows and tokens are counted from the shards' commit markers as they arrive, so the
 result of a run stopped early (a failed shard, the budget, a signal) still says
-exactly what was committed.
+exactly what was committed: every record read is accounted for, records read =
+embedded + carried over + reused + resumed + rejected.
+
+A shard that fails is recorded with its error and what a user should do about
+it (``FAILURE_ADVICE``): a file that cannot be read must be fixed or removed; a
+bad record with ``on_bad_record = "error"`` fixed or rejected; a refused key or
+config corrected; anything else (a provider down, a replica lost) is retried by
+re-running, which embeds only the failed shards.
 """
 
 from __future__ import annotations
@@ -10,7 +17,37 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embedfleet.job.store import ShardMarker
+from embedfleet.errors import (
+    AuthenticationError,
+    BadRecordError,
+    BadRequestError,
+    ConfigError,
+    SourceReadError,
+)
+from embedfleet.job.records import add_kinds
+from embedfleet.job.store import SNAPSHOTS, ShardMarker
+from embedfleet.pricing import format_cost
+
+FAILURE_ADVICE = {
+    "file": "fix or remove the file, then re-run: committed shards are kept and only the "
+    "failed shards are read again",
+    "record": 'fix the record, or set source.on_bad_record = "reject" to put such records in '
+    "_rejects/ and embed the rest, then re-run",
+    "provider_config": "check the provider's key and config, then re-run",
+    "retry": "re-run the same command to retry only the failed shards",
+}
+
+
+def failure_kind(error: BaseException) -> str:
+    """What a shard's failure asks of the user: a key of ``FAILURE_ADVICE``."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, BadRecordError):
+        return "record"
+    if isinstance(cause, (SourceReadError, ConfigError)):
+        return "file"
+    if isinstance(cause, (AuthenticationError, BadRequestError)):
+        return "provider_config"
+    return "retry"
 
 
 @dataclass
@@ -21,6 +58,7 @@ class JobResult:
     rows_read: int = 0
     embedded: int = 0
     rejected: int = 0
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)  # see records.REJECT_KINDS
     resumed: int = 0  # rows in shards committed by an earlier, interrupted run
     carried_over: int = 0  # incremental: unchanged rows whose vectors came from the base
     reused: int = 0  # incremental: rows whose text had a vector under another id in the base
@@ -28,6 +66,9 @@ class JobResult:
     shards: int = 0
     shards_skipped: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
+    failure_kinds: dict[str, str] = field(default_factory=dict)  # shard id -> FAILURE_ADVICE key
+    failed_files: dict[str, str] = field(default_factory=dict)  # shard id -> relative path
+    up_to_date: bool = False  # nothing changed since the latest snapshot: nothing read or written
     estimated_tokens: int = 0
     tokens: int = 0  # input tokens of the shards this run embedded, as the provider counts
     model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
@@ -52,6 +93,23 @@ class JobResult:
         working = self.seconds - self.startup_seconds - self.finish_seconds
         return self.embedded / working if working > 0 else 0.0
 
+    @classmethod
+    def unchanged(cls, latest: str, shards: int) -> JobResult:
+        """A run that found the latest snapshot up to date: nothing read or written."""
+        return cls(
+            latest,
+            f"{SNAPSHOTS}/{latest}",
+            True,
+            shards=shards,
+            shards_skipped=shards,
+            up_to_date=True,
+        )
+
+    @property
+    def accounted(self) -> int:
+        """Records with an outcome; equal to ``rows_read`` (a test holds every run to it)."""
+        return self.embedded + self.carried_over + self.reused + self.resumed + self.rejected
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
@@ -59,10 +117,67 @@ class JobResult:
             "steady_rows_per_second": self.steady_rows_per_second,
         }
 
+    def summary_rows(self, output_uri: str) -> list[tuple[str, object]]:
+        """The table ``embedfleet run`` prints: every record read has one outcome."""
+        if self.up_to_date:
+            return [
+                ("snapshot", f"{output_uri}/{self.snapshot}"),
+                ("complete", "yes: up to date"),
+                ("rows read", "0: every source file is as this snapshot recorded it"),
+                ("shards", f"{self.shards} (all in the snapshot)"),
+                ("tokens", "0 (nothing embedded, nothing written)"),
+            ]
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in self.rejected_by_kind.items())
+        rejected = f"{self.rejected:,}"
+        if self.rejected:
+            rejected += f" ({kinds}): {output_uri}/{self.snapshot}/_rejects/"
+        return [
+            ("snapshot", f"{output_uri}/{self.snapshot}"),
+            ("complete", "yes" if self.complete else "no"),
+            (
+                "rows read",
+                f"{self.rows_read:,} = {self.embedded:,} embedded + {self.carried_over:,} "
+                f"carried over + {self.reused:,} reused + {self.resumed:,} resumed + "
+                f"{self.rejected:,} rejected",
+            ),
+            ("embedded", self.embedded),
+            ("carried over", self.carried_over),
+            ("reused", self.reused),
+            ("deleted", self.deleted),
+            ("resumed", f"{self.resumed} (rows committed by an earlier attempt)"),
+            ("rejected", rejected),
+            ("shards", f"{self.shards} ({self.shards_skipped} already committed)"),
+            ("failed shards", len(self.failed_shards)),
+            ("tokens", f"{self.tokens:,} this run (plan estimated {self.estimated_tokens:,})"),
+            ("est. cost", format_cost(self.estimated_cost)),
+            (
+                "time",
+                f"{self.seconds:.1f} s ({self.startup_seconds:.1f} s start-up, "
+                f"{self.finish_seconds:.1f} s finish)",
+            ),
+            (
+                "rows/s",
+                f"{self.rows_per_second:.1f} "
+                f"({self.steady_rows_per_second:.1f} between start-up and finish)",
+            ),
+        ]
+
+    def advice(self) -> list[str]:
+        """What to do about the failed shards, one line per kind of failure, naming files."""
+        lines = []
+        for kind, advice in FAILURE_ADVICE.items():
+            shards = [shard for shard, found in self.failure_kinds.items() if found == kind]
+            if not shards:
+                continue
+            files = ", ".join(sorted({self.failed_files.get(shard, shard) for shard in shards}))
+            count = f"{len(shards)} shard{'s' * (len(shards) != 1)}"
+            lines.append(f"{count} of {files} failed: {advice}")
+        return lines
+
     def count_resumed(self, marker: ShardMarker) -> None:
         """A shard an earlier run committed: its rows, none of its tokens."""
         self.resumed += marker.vector_rows
-        self.rejected += marker.rejected
+        self._count_rejects(marker)
         self.rows_read += marker.rows
 
     def count_committed(self, marker: ShardMarker) -> None:
@@ -71,7 +186,17 @@ class JobResult:
         self.embedded += marker.embedded
         self.carried_over += marker.carried
         self.reused += marker.reused
-        self.rejected += marker.rejected
+        self._count_rejects(marker)
         self.tokens += marker.tokens
         self.model_tokens += marker.model_tokens
         self.padded_tokens += marker.padded_tokens
+
+    def count_failed(self, shard_id: str, relative_path: str, message: str, kind: str) -> None:
+        """A shard that failed: nothing of it is counted, its error and advice are kept."""
+        self.failed_shards[shard_id] = message
+        self.failure_kinds[shard_id] = kind
+        self.failed_files[shard_id] = relative_path
+
+    def _count_rejects(self, marker: ShardMarker) -> None:
+        self.rejected += marker.rejected
+        self.rejected_by_kind = add_kinds(self.rejected_by_kind, marker.reject_kinds)

@@ -5,7 +5,8 @@ snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
 (``2 x replicas``), so neither memory nor Ray's queue grows with the dataset.
 ``_latest`` moves only when every planned shard committed; a failed shard, a
 signal or the budget leave the snapshot resumable, and a re-run embeds only what
-is missing.
+is missing. A re-run over a source that has not changed since the latest
+snapshot (``plan.up_to_date``) reads, embeds and writes nothing.
 
 Budgets (``[budget]``, per run): each shard task reserves its tokens in one
 ``TokenBudget`` actor before embedding. The actor serialises reservations, so
@@ -32,9 +33,10 @@ from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError
 from embedfleet.job import incremental, sources
+from embedfleet.job.exact import count_exactly
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
-from embedfleet.job.result import JobResult
+from embedfleet.job.result import JobResult, failure_kind
 from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
 from embedfleet.job.sources import Shard
@@ -52,6 +54,7 @@ class Job:
     """``Job(spec)`` / ``Job.from_toml(path)``; ``plan()`` and ``run()``."""
 
     def __init__(self, spec: JobSpec) -> None:
+        spec.check()
         self.spec = spec
         self.function: EmbeddingFunction = registry.build(
             spec.embedding.provider, spec.embedding.config
@@ -75,16 +78,19 @@ class Job:
     def from_toml(cls, path: str | Path) -> Job:
         return cls(JobSpec.from_toml(path))
 
-    def plan(self) -> JobPlan:
+    def plan(self, *, exact: bool = False) -> JobPlan:
         """What ``run()`` would do, reading only the source's listing, a sample of its
-        rows and the output's markers: nothing is embedded or written."""
+        rows and the output's markers: nothing is embedded or written. ``exact``: read
+        every record and the base's ids and hashes, and count (``exact.py``)."""
         price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        choice = choose_snapshot(self.output, self.spec.output.mode, self.fingerprint, shards)
-        estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
-        if choice.base is not None:
-            basis += "; an upper bound: this incremental run embeds only new and changed rows"
-        return JobPlan(
+        choice = choose_snapshot(self.output, self.spec.output.policy, self.fingerprint, shards)
+        estimated_tokens, basis = 0, "up to date: nothing to embed"
+        if not choice.up_to_date:
+            estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
+        if choice.base is not None and not choice.up_to_date:
+            basis += "; an upper bound: this run embeds only new and changed rows"
+        plan = JobPlan(
             fingerprint=self.fingerprint,
             shards=shards,
             estimated_rows=sum(shard.estimated_rows for shard in shards),
@@ -96,7 +102,14 @@ class Job:
             price=price,
             token_limit=limit,
             base=choice.base,
+            up_to_date=choice.up_to_date,
         )
+        if exact:
+            done = self.output.snapshot(choice.snapshot).commits() if choice.snapshot else {}
+            base = self.output.snapshot(choice.base) if choice.base else None
+            committed = set(still_committed(done, shards))
+            plan.exact = count_exactly(shards, self.spec.source, self.function, base, committed)
+        return plan
 
     def run(
         self,
@@ -120,6 +133,9 @@ class Job:
         started: float,
     ) -> JobResult:
         plan = self.plan()
+        if plan.up_to_date and plan.base is not None:
+            logger.info("%s", plan.note)
+            return JobResult.unchanged(plan.base, len(plan.shards))
         snapshot = self.output.snapshot(plan.snapshot or new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
@@ -197,7 +213,7 @@ class Job:
             "spec": self.spec.to_public_dict(),
             "embedding": run.metadata,
             "shards": [shard.shard_id for shard in run.plan.shards],
-            "mode": self.spec.output.mode,
+            "mode": self.spec.output.policy,
             "base": run.plan.base,
         }
 
@@ -268,7 +284,7 @@ class Job:
             {
                 "fingerprint": self.fingerprint,
                 "embedding": run.metadata,
-                "mode": self.spec.output.mode,
+                "mode": self.spec.output.policy,
                 "base": plan.base,
                 "rows": result.rows_read,
                 "vectors": sum(marker.vector_rows for marker in markers),
@@ -277,6 +293,7 @@ class Job:
                 "reused": sum(marker.reused for marker in markers),
                 "deleted": result.deleted,
                 "rejected": result.rejected,
+                "rejected_by_kind": result.rejected_by_kind,
                 "tokens": total_tokens,
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
@@ -337,7 +354,8 @@ class _Run:
             answer = ray.get(ref)
         except Exception as exc:
             cause = getattr(exc, "cause", None) or exc
-            result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
+            message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
+            result.count_failed(shard.shard_id, shard.relative_path, message, failure_kind(exc))
             logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
             self._advance(shard.estimated_rows)
             return

@@ -8,15 +8,17 @@ part without its marker does not exist). It reserves no CPU: reading and writing
 wait on I/O, and the fleet's replicas own the cores, so ``replicas = 2,
 num_cpus = 1`` on a 2-CPU machine cannot deadlock.
 
-Nothing disappears silently: a null or empty text, and a row the provider refuses
-as bad input, go to ``_rejects/`` with the reason.
+Nothing disappears silently: every source record is a row of the part or of
+``_rejects/`` (``records.py``: invalid JSON or UTF-8, a wrong CSV field count, a
+missing, null, empty, blank or non-string text, a bad id, a row the provider
+refuses as bad input), with its kind, reason and place in the file; the marker
+counts them, so records read = embedded + carried + reused + rejected.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
+from embedfleet.errors import BadRequestError, EmbedfleetError
 from embedfleet.job import incremental, sources
 from embedfleet.job.billing import billed_tokens
-from embedfleet.job.sources import Shard, ShardRows
+from embedfleet.job.records import BadRecord, Where, count_kinds, rejects_table
+from embedfleet.job.sources import Shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot
 from embedfleet.output_format import METADATA_KEY, content_hash, embeddings_table
@@ -68,17 +71,18 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     started = time.perf_counter()
     ids: list[str] = []
     texts: list[str] = []
+    wheres: list[Where] = []
     columns: dict[str, list[Any]] = {name: [] for name in spec.source.columns}
-    reject_ids: list[str] = []
-    reasons: list[str] = []
+    rejects: list[BadRecord] = []
     rows = 0
     for piece in sources.read_shard(shard, spec.source):
-        rows += len(piece.ids)
-        for index, text in _accepted(piece, reject_ids, reasons, spec.source.on_empty, shard):
-            ids.append(piece.ids[index])
-            texts.append(text)
-            for name in columns:
-                columns[name].append(piece.columns[name][index])
+        rows += piece.records
+        ids += piece.ids
+        texts += piece.texts
+        wheres += piece.wheres
+        rejects += piece.rejects
+        for name in columns:
+            columns[name] += piece.columns[name]
     read_done = time.perf_counter()
     output = OutputStore(spec.output.uri, spec.output.storage_options)
     snapshot = output.snapshot(context.run_id)
@@ -107,7 +111,7 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         reused=matches.count(incremental.REUSE) if matches else 0,
         read_seconds=round(read_done - started, 3),
     )
-    if base is not None and matches is not None and not reject_ids:
+    if base is not None and matches is not None and not rejects:
         part = incremental.whole_part(matches, base)
         base_snapshot = output.snapshot(base.run_id)
         if part is not None and _same_columns(base_snapshot, part, columns, context.metadata):
@@ -134,8 +138,7 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
         for index, reason in sorted(refused.items()):
-            reject_ids.append(ids[index])
-            reasons.append(reason)
+            rejects.append(BadRecord(ids[index], "refused_by_provider", reason, wheres[index]))
         ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     embed_done = time.perf_counter()
@@ -144,22 +147,17 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         if texts
         else None
     )
-    rejects = (
-        pa.table(
-            {"id": pa.array(reject_ids, pa.string()), "reason": pa.array(reasons, pa.string())}
-        )
-        if reject_ids
-        else None
-    )
     marker = replace(
         marker,
         embedded=len(to_embed) - len(refused),
-        rejected=len(reject_ids),
+        rejected=len(rejects),
+        reject_kinds=count_kinds(rejects),
         embed_seconds=round(embed_done - read_done, 3),
         model_tokens=fleet.stats.tokens - counted_before[0],  # as the model counted them
         padded_tokens=fleet.stats.padded_tokens - counted_before[1],
     )
-    committed = snapshot.commit_shard(marker, part, rejects)
+    table = rejects_table(shard.relative_path, rejects) if rejects else None
+    committed = snapshot.commit_shard(marker, part, table)
     return replace(committed, write_seconds=round(time.perf_counter() - embed_done, 3))
 
 
@@ -184,24 +182,6 @@ def embed_or_isolate(
     right, right_refused = embed_or_isolate(function, texts[middle:])
     refused = {**left_refused, **{middle + index: why for index, why in right_refused.items()}}
     return left + right, refused
-
-
-def _accepted(
-    piece: ShardRows, reject_ids: list[str], reasons: list[str], on_empty: str, shard: Shard
-) -> Iterator[tuple[int, str]]:
-    """The rows of ``piece`` with a text; the others go to the rejects, or, with
-    ``on_empty = "error"``, fail the shard naming the row."""
-    for index, text in enumerate(piece.texts):
-        if text is None or not text.strip():
-            reason = "text is null" if text is None else "text is empty"
-            if on_empty == "error":
-                raise ConfigError(
-                    f"{shard.uri}: row {piece.ids[index]!r}: {reason} (source.on_empty = 'error')"
-                )
-            reject_ids.append(piece.ids[index])
-            reasons.append(reason)
-            continue
-        yield index, text
 
 
 def _same_columns(

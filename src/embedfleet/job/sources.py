@@ -20,6 +20,9 @@ Why shards look the way they do:
 - A Parquet file whose footer cannot be read is planned as one ``"file"`` shard with
   ``estimated_rows=0``: that shard fails when read, naming the file; the others complete.
 
+Records that cannot be embedded (``records.py``) are carried apart from the rows, with where
+they are; ``source.on_bad_record = "error"`` raises ``BadRecordError`` for the first instead.
+
 Row ids: ``source.id_column`` values (str, or int made str), unique within a shard. Without
 it they are derived, stable across runs: Parquet ``{relative_path}#{row index in file}``;
 uncompressed JSONL/text ``{relative_path}@{byte offset of the line}``; compressed JSONL/text
@@ -34,14 +37,15 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from embedfleet.errors import ConfigError, MissingDependencyError, SourceReadError
-from embedfleet.job import formats
+from embedfleet.errors import BadRecordError, ConfigError, MissingDependencyError, SourceReadError
+from embedfleet.job import formats, readers
+from embedfleet.job.records import MISSING, BadRecord, RecordProblem, Where, check_id, check_text
 from embedfleet.job.spec import SourceSpec
 
 GLOB_CHARS = "*?["
@@ -67,11 +71,19 @@ class Shard:
 
 @dataclass
 class ShardRows:
-    """A streamed piece of a shard: ids, texts (``None`` for a null) and passthrough columns."""
+    """A streamed piece of a shard: the rows to embed (ids, texts, passthrough columns, where
+    each is in its file) and the records that cannot be embedded (``rejects``)."""
 
     ids: list[str]
-    texts: list[str | None]
+    texts: list[str]
     columns: dict[str, list[Any]]
+    wheres: list[Where] = field(default_factory=list)
+    rejects: list[BadRecord] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        """Source records read: rows and rejects."""
+        return len(self.ids) + len(self.rejects)
 
 
 @dataclass(frozen=True)
@@ -112,7 +124,7 @@ def plan(source: SourceSpec, rows_per_shard: int) -> list[Shard]:
             shards += _parquet_shards(file, footer, rows_per_shard, source.text_column)
             continue
         if file.format in ("jsonl", "csv") and file.format not in checked:
-            found = formats.first_record_columns(
+            found = readers.first_record_columns(
                 file.uri, file.format, source.storage_options, file.compression
             )
             if found is not None:
@@ -174,17 +186,27 @@ def _list_files(source: SourceSpec) -> list[_File]:
 
 
 def read_shard(shard: Shard, source: SourceSpec, batch_rows: int = 2048) -> Iterator[ShardRows]:
-    """Stream the shard's rows, at most ``batch_rows`` at a time, never the whole file.
+    """Stream the shard's records, at most ``batch_rows`` at a time, never the whole file.
 
-    Raises ``SourceReadError`` (file unreadable, corrupt, invalid JSON/UTF-8) or
-    ``ConfigError`` (missing column, bad or duplicate id, non-string text), naming the file.
+    Raises ``SourceReadError`` (file unreadable or corrupt as a whole), ``ConfigError``
+    (missing column, duplicate id), or, with ``source.on_bad_record = "error"``,
+    ``BadRecordError`` for the first bad record, naming the file and the line.
     """
     if batch_rows < 1:
         raise ConfigError(f"batch_rows must be at least 1, got {batch_rows}")
     wanted = _wanted_columns(source, {shard.format})
     seen: set[str] = set()
-    for derived, columns in _raw_batches(shard, source, wanted, batch_rows):
-        yield _shard_rows(shard, source, derived, columns, seen)
+    strict = source.bad_record_policy == "error"
+    for batch in _raw_batches(shard, source, wanted, batch_rows):
+        rows = _shard_rows(shard, source, batch, seen)
+        if strict and rows.rejects:
+            first = min(rows.rejects, key=lambda record: record.where.sort_key())
+            raise BadRecordError(
+                f"{shard.uri} {first.where.describe()}: {first.reason} ({first.kind}; "
+                'source.on_bad_record = "error": with "reject" such records go to _rejects/ '
+                "and the rest of the shard is embedded)"
+            )
+        yield rows
 
 
 def _wanted_columns(source: SourceSpec, fmts: set[str]) -> list[str]:
@@ -313,71 +335,63 @@ def _head_sample(file: _File, source: SourceSpec) -> tuple[bytes, bool]:
 
 def _raw_batches(
     shard: Shard, source: SourceSpec, names: list[str], batch_rows: int
-) -> Iterator[formats.RawBatch]:
+) -> Iterator[readers.RawBatch]:
     compression = formats.split_compression(shard.uri)[1]
     options = source.storage_options
     if shard.format == "parquet":
         groups = None if shard.unit == "file" else range(shard.start, shard.end)
-        return formats.parquet_batches(
+        return readers.parquet_batches(
             shard.uri, options, shard.relative_path, groups, shard.first_row, names, batch_rows
         )
     if shard.format == "csv":
-        return formats.csv_batches(
+        return readers.csv_batches(
             shard.uri, options, compression, shard.relative_path, names, batch_rows
         )
     if shard.format == "text_file":
-        return formats.text_file_batches(
+        return readers.text_file_batches(
             shard.uri, options, compression, shard.relative_path, names[0]
         )
     span = (shard.start, shard.end) if shard.unit == "bytes" else (0, None)
-    return formats.line_batches(
+    return readers.line_batches(
         shard.uri, options, compression, shard.relative_path, shard.format, span, names, batch_rows
     )
 
 
 def _shard_rows(
-    shard: Shard,
-    source: SourceSpec,
-    derived: list[str],
-    columns: dict[str, list[Any]],
-    seen: set[str],
+    shard: Shard, source: SourceSpec, batch: readers.RawBatch, seen: set[str]
 ) -> ShardRows:
-    """Ids (given or derived) checked for type and uniqueness, texts checked for type."""
-    ids = derived
-    if source.id_column is not None:
-        ids = [
-            _id_value(value, shard, row, source.id_column)
-            for value, row in zip(columns[source.id_column], derived, strict=True)
-        ]
-        duplicates = _duplicates(ids, seen)
-        if duplicates:
-            shown = ", ".join(map(repr, duplicates[:10]))
-            raise ConfigError(
-                f"duplicate ids in {shard.uri} (shard {shard.shard_id}): {shown}"
-                + (f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else "")
-            )
-        seen.update(ids)
-    texts = columns[source.text_column]
-    for text, row_id in zip(texts, ids, strict=True):
-        if text is not None and not isinstance(text, str):
-            raise ConfigError(
-                f"{shard.uri}: row {row_id!r} has a {type(text).__name__} in text column "
-                f"{source.text_column!r}, not a string"
-            )
-    return ShardRows(ids=ids, texts=texts, columns={name: columns[name] for name in source.columns})
-
-
-def _duplicates(ids: list[str], seen: set[str]) -> list[str]:
-    counts = Counter(ids)
-    return sorted(value for value, count in counts.items() if count > 1 or value in seen)
-
-
-def _id_value(value: Any, shard: Shard, row: str, column: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(
-        f"{shard.uri}: row {row} has id {value!r} ({type(value).__name__}) in column "
-        f"{column!r}; ids must be strings or integers"
-    )
+    """Rows with a valid id and text; the other records rejected, with their id where it
+    can be read (else the derived one). Ids that can be read are checked for duplicates."""
+    rows = ShardRows([], [], {name: [] for name in source.columns}, [], list(batch.bad))
+    texts = batch.columns[source.text_column]
+    given = batch.columns[source.id_column] if source.id_column is not None else None
+    read_ids: list[str] = []
+    for position, derived in enumerate(batch.ids):
+        row_id = derived
+        try:
+            if given is not None:
+                row_id = check_id(given[position], source.id_column or "")
+                read_ids.append(row_id)
+            text = check_text(texts[position], source.text_column)
+        except RecordProblem as problem:
+            where = batch.wheres[position]
+            rows.rejects.append(BadRecord(row_id, problem.kind, problem.reason, where))
+            continue
+        rows.ids.append(row_id)
+        rows.texts.append(text)
+        rows.wheres.append(batch.wheres[position])
+        for name in source.columns:
+            value = batch.columns[name][position]
+            rows.columns[name].append(None if value is MISSING else value)
+    if batch.bad and len(rows.rejects) > len(batch.bad):  # in file order
+        rows.rejects.sort(key=lambda record: record.where.sort_key())
+    counts = Counter(read_ids)
+    duplicates = sorted(value for value, count in counts.items() if count > 1 or value in seen)
+    if duplicates:
+        shown = ", ".join(map(repr, duplicates[:10]))
+        raise ConfigError(
+            f"duplicate ids in {shard.uri} (shard {shard.shard_id}): {shown}"
+            + (f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else "")
+        )
+    seen.update(read_ids)
+    return rows

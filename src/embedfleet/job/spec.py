@@ -2,7 +2,9 @@
 
 The TOML shape is the contract users and scripts rely on::
 
-    [source]      uri, format, text_column, id_column, columns, on_empty, storage_options
+    [source]      uri, format, text_column, id_column, columns, on_bad_record,
+                  storage_options
+                  (on_empty: the old name of on_bad_record, still read)
     [embedding]   provider, [embedding.config]
     [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica, batch_size,
                   resources, start_timeout
@@ -19,6 +21,18 @@ fresh budget). ``max_tokens`` counts input tokens as the provider counts them
 stops before the shard that would exceed it, commits what is in flight, and is
 resumed by a re-run with a higher budget. The budget is not part of the
 fingerprint: changing it never invalidates a snapshot.
+
+``output.mode`` says what a re-run costs. ``update`` (the default): resume an
+unfinished snapshot, else carry unchanged rows from the latest complete one and
+embed only new and changed rows (nothing at all when the source is unchanged); a
+changed provider or config re-embeds everything. ``overwrite``: a full rebuild.
+``incremental`` and ``resume`` (older names) mean ``update``.
+
+``source.on_bad_record``: what a record that cannot be embedded does (invalid
+JSON, a CSV row with the wrong number of fields, bytes that are not UTF-8, a
+missing, null, empty, blank or non-string text, an id that is missing or not a
+string or integer). ``reject`` (the default) puts it in ``_rejects/`` and embeds
+the rest of its shard; ``error`` fails the shard naming the file and the line.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import sys
@@ -41,10 +56,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+logger = logging.getLogger(__name__)
+
 _SECRET_KEY = re.compile(r"key|secret|token|password|credential|auth", re.IGNORECASE)
 FORMATS = ("parquet", "jsonl", "csv", "text", "text_file")
-ON_EMPTY = ("reject", "error")
-MODES = ("resume", "overwrite", "incremental")
+ON_BAD_RECORD = ("reject", "error")
+MODES = ("update", "overwrite")  # what output.mode means; MODE_ALIASES are older names
+MODE_ALIASES = {"incremental": "update", "resume": "update"}
 
 
 @dataclass
@@ -54,17 +72,41 @@ class SourceSpec:
     text_column: str = "text"
     id_column: str | None = None
     columns: list[str] = field(default_factory=list)
-    on_empty: str = "reject"
+    on_bad_record: str | None = None  # "reject" (None: the default) | "error"
+    on_empty: str | None = None  # the old name of on_bad_record
     storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bad_record_policy(self) -> str:
+        """``reject`` or ``error``: on_bad_record, else the old on_empty, else reject."""
+        return self.on_bad_record or self.on_empty or "reject"
 
     def check(self) -> None:
         if self.format is not None and self.format not in FORMATS:
             raise ConfigError(f"source.format must be one of {FORMATS}, got {self.format!r}")
-        if self.on_empty not in ON_EMPTY:
-            raise ConfigError(f"source.on_empty must be one of {ON_EMPTY}, got {self.on_empty!r}")
+        if self.on_bad_record is not None and self.on_bad_record not in ON_BAD_RECORD:
+            raise ConfigError(
+                f"source.on_bad_record must be one of {ON_BAD_RECORD}, got {self.on_bad_record!r}"
+            )
+        if self.on_empty is not None:
+            self._check_on_empty()
         reserved = {"id", "embedding", "content_hash"} & set(self.columns)
         if reserved:
             raise ConfigError(f"source.columns cannot include output columns {sorted(reserved)}")
+
+    def _check_on_empty(self) -> None:
+        """``on_empty`` (null and empty texts) became ``on_bad_record`` (every record that
+        cannot be embedded): still read (``JobSpec.from_dict`` warns, saying what to write)."""
+        if self.on_empty not in ON_BAD_RECORD:
+            raise ConfigError(
+                f"source.on_empty is the old name of source.on_bad_record, which must be one "
+                f"of {ON_BAD_RECORD}; got {self.on_empty!r}"
+            )
+        if self.on_bad_record is not None and self.on_bad_record != self.on_empty:
+            raise ConfigError(
+                f"source.on_empty = {self.on_empty!r} disagrees with source.on_bad_record = "
+                f"{self.on_bad_record!r}: on_empty is the old name of on_bad_record; remove it"
+            )
 
 
 @dataclass
@@ -95,13 +137,22 @@ class FleetSpec:
 class OutputSpec:
     uri: str
     rows_per_shard: int = 10_000
-    mode: str = "resume"
+    mode: str = "update"  # see the module docstring
     keep_snapshots: int = 3
     storage_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def policy(self) -> str:
+        """``update`` or ``overwrite``: the mode, with older names read as what they mean."""
+        return MODE_ALIASES.get(self.mode, self.mode)
+
     def check(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"output.mode must be one of {MODES}, got {self.mode!r}")
+        if self.policy not in MODES:
+            raise ConfigError(
+                f"output.mode must be one of {MODES} (update: resume an unfinished snapshot, "
+                "else embed only new and changed rows; overwrite: embed everything again; "
+                f"incremental and resume are older names of update), got {self.mode!r}"
+            )
         if self.rows_per_shard < 1:
             raise ConfigError(
                 f"output.rows_per_shard must be at least 1, got {self.rows_per_shard}"
@@ -167,6 +218,13 @@ class JobSpec:
     def from_dict(cls, data: dict[str, Any], *, where: str = "spec") -> JobSpec:
         spec = _build(cls, data, "", where)
         spec.check()
+        if spec.source.on_empty is not None:
+            logger.warning(
+                "%s: source.on_empty is deprecated: write source.on_bad_record = %r instead "
+                "(it covers every record that cannot be embedded, not only null and empty texts)",
+                where,
+                spec.source.on_empty,
+            )
         return spec
 
     def check(self) -> None:

@@ -9,7 +9,7 @@
         _run.json                  run id, fingerprint, planned shards, what made the vectors
         part-<shard-id>.parquet    one per shard
         _commits/<shard-id>.json   per-shard commit marker, written after its part
-        _rejects/<shard-id>.parquet  rows not embedded, with id and reason
+        _rejects/<shard-id>.parquet  records not embedded: id, kind, reason, where (records.py)
         _manifest.json             rolled up from the markers when every shard committed
 
 A part without its commit marker does not exist for resume. Files are written
@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -83,7 +83,7 @@ class ShardMarker:
     unit: str = ""
     start: int = 0
     end: int = 0
-    rows: int = 0  # source rows read, rejected ones included
+    rows: int = 0  # source records read: vector_rows + rejected
     characters: int = 0  # of the texts sent to the model
     tokens: int = 0  # input tokens of those texts, as the provider bills them
     carried: int = 0  # incremental: same id and text in the base, its vector copied
@@ -91,6 +91,7 @@ class ShardMarker:
     read_seconds: float = 0.0
     embedded: int = 0
     rejected: int = 0
+    reject_kinds: dict[str, int] = field(default_factory=dict)  # rejected records per kind
     embed_seconds: float = 0.0
     model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
     padded_tokens: int = 0  # ... padding included
@@ -107,6 +108,8 @@ class ShardMarker:
     def to_json(self) -> dict[str, Any]:
         """The marker as the JSON object written to ``_commits/`` and the manifest."""
         data = {item.name: getattr(self, item.name) for item in fields(self)}
+        if not self.reject_kinds:
+            del data["reject_kinds"]
         if self.copied_from is None:
             del data["copied_from"]
         else:
@@ -266,15 +269,14 @@ class Snapshot:
     def summary(self, latest: str | None) -> SnapshotSummary:
         """Its state (given the output's latest run id), shards and rows, from the markers."""
         markers = self.commits().values()
-        if self.run_id == latest:
-            state = "latest"
-        else:
-            state = "complete" if self.is_complete() else "unfinished"
-        return SnapshotSummary(
+        state = "complete" if self.is_complete() else "unfinished"
+        state = "latest" if self.run_id == latest else state
+        planned = len((self.run_info() or {}).get("shards", [])) if state == "unfinished" else 0
+        return SnapshotSummary(  # a complete snapshot's shards are its committed ones
             run_id=self.run_id,
             state=state,
             committed=len(markers),
-            planned=len((self.run_info() or {}).get("shards", [])) or len(markers),
+            planned=planned or len(markers),
             vectors=sum(marker.vector_rows for marker in markers),
             rejected=sum(marker.rejected for marker in markers),
         )
