@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fsspec
 
-from embedfleet import embedding_functions
+from embedfleet import cli_sync, embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="summarise a job output's snapshots")
     status.add_argument("output", metavar="OUTPUT", help="the job's output URI")
     status.set_defaults(handler=_status)
+    cli_sync.add_parser(commands)  # embedfleet sync OUTPUT --to URI
 
     bench = commands.add_parser("bench", help="throughput: encode vs in-process vs a full job")
     bench.add_argument("--docs", type=int, default=10_000, help="documents in the corpus")
@@ -217,18 +218,23 @@ def _run(arguments: argparse.Namespace) -> int:
             "the rest may spend).",
             file=sys.stderr,
         )
+    destinations_failed = cli_sync.print_job_destinations(result, quiet=arguments.quiet)
     if result.failed_shards:
         print(
             "embedfleet: re-run the same command to retry only the failed shards", file=sys.stderr
         )
         return EXIT_FAILED
+    if destinations_failed:
+        return EXIT_FAILED
     return EXIT_BUDGET if result.budget_stopped else EXIT_OK
 
 
 def _plan(arguments: argparse.Namespace) -> int:
-    plan = _load_job(arguments).plan()
+    job = _load_job(arguments)
+    plan = job.plan()
+    destinations = cli_sync.plan_destinations(job.spec)  # what each sync would send now
     if arguments.json:
-        print(json.dumps(plan.summary(), indent=2))
+        print(json.dumps({**plan.summary(), "destinations": destinations}, indent=2))
         return EXIT_OK
     rows: list[tuple[str, object]] = [
         ("fingerprint", plan.fingerprint),
@@ -248,6 +254,7 @@ def _plan(arguments: argparse.Namespace) -> int:
         ("note", plan.note),
     ]
     _print_table(rows)
+    cli_sync.print_destination_plans(destinations)
     return EXIT_OK
 
 
@@ -270,6 +277,7 @@ def _status(arguments: argparse.Namespace) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    cli_sync.print_status(output)
     return EXIT_OK
 
 

@@ -23,6 +23,8 @@ so ``except TypeError`` keeps working for code written against Chroma::
     │   ├── BadRequestError               400/413/422: the provider refused the input
     │   └── RateLimitError                429 past every retry
     ├── SourceReadError                   a source file cannot be opened or parsed
+    ├── DestinationError                  a vector store refused or failed a sync
+    │                                     (after retries), or belongs to another output
     └── FleetError                        a fleet of Ray actors failed
         ├── FleetStartError               replicas could not be placed or built
         └── BatchFailedError              a replica raised for one batch
@@ -40,6 +42,7 @@ __all__ = [
     "BadRequestError",
     "BatchFailedError",
     "ConfigError",
+    "DestinationError",
     "EmbeddingOutputError",
     "EmbedfleetError",
     "FleetError",
@@ -122,6 +125,13 @@ class LockedError(EmbedfleetError):
 class SourceReadError(EmbedfleetError):
     """A source file cannot be opened, decompressed or parsed (corrupt Parquet, invalid JSON or
     UTF-8); the message names the file, so one bad file fails only its own shards."""
+
+
+class DestinationError(EmbedfleetError):
+    """A destination (Chroma, LanceDB) could not be synced: down or refusing a batch past
+    its retries, or holding another output's vectors. The message names the destination
+    and the batch; the snapshot is untouched and the next sync starts again from what the
+    destination records it holds."""
 
 
 class ProviderError(EmbedfleetError):

@@ -5,7 +5,8 @@ snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
 (``2 x replicas``), so neither memory nor Ray's queue grows with the dataset.
 ``_latest`` moves only when every planned shard committed; a failed shard, a
 signal or the budget leave the snapshot resumable, and a re-run embeds only what
-is missing.
+is missing. A complete run then brings the spec's ``[[destination]]`` stores to the
+new snapshot (:mod:`embedfleet.destinations`), still holding the lock.
 
 Budgets (``[budget]``, per run): each shard task reserves its tokens in one
 ``TokenBudget`` actor before embedding. The actor serialises reservations, so
@@ -113,6 +114,12 @@ class Job:
         started = time.perf_counter()
         with locked_run(self.output) as signals:
             result = self._run_locked(signals, progress, on_shard, started)
+            if result.complete and self.spec.destination:  # clients load only then
+                from embedfleet.destinations.sync import sync_all
+
+                specs = self.spec.destination
+                synced = sync_all(self.output, specs, progress=progress, stop=signals.stop)
+                result.destinations = [item.to_dict() for item in synced]
         result.seconds = time.perf_counter() - started
         return result
 
@@ -287,7 +294,9 @@ class Job:
             }
         )
         result.complete = True
-        prune(self.output, self.spec.output.keep_snapshots)
+        from embedfleet.destinations.records import pinned_snapshots
+
+        prune(self.output, self.spec.output.keep_snapshots, pinned_snapshots(self.output))
 
     def _check_unique_ids(self, snapshot: Snapshot) -> None:
         """Ids from different shards must not collide (within a shard, reading checks)."""
