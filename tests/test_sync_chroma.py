@@ -301,3 +301,51 @@ def test_auth_headers_come_from_the_named_variable_and_are_never_recorded(
     for path in output.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes()
+
+
+def test_a_rebuild_stopped_before_its_rename_is_finished_by_the_next_sync(tmp_path, snapshots):
+    path = tmp_path / "chroma"
+    spec = destination("chroma", path=str(path), collection="docs", batch_size=100)
+    sync_destination(OutputStore(str(snapshots.output)), spec)
+    client = chromadb.PersistentClient(path=str(path))
+    client.get_collection("docs").modify(
+        name="docs-embedfleet-staging"
+    )  # live deleted, not renamed
+    result = sync_destination(OutputStore(str(snapshots.output)), spec)
+    assert (result.base, result.upserted, result.deleted) == ("staged rebuild", 0, 0)
+    assert [item.name for item in client.list_collections()] == ["docs"]
+    assert_chroma_equals(client.get_collection("docs"), snapshot_rows(snapshots.output))
+
+
+def test_the_attached_function_pins_the_precision_and_no_model_loads(tmp_path):
+    output = tmp_path / "out"
+    run_id = synthetic_snapshot(output, {"n": [1, 2]})
+    info_path = output / "snapshots" / run_id / "_run.json"
+    info = json.loads(info_path.read_text())
+    info["embedding"] = {
+        "provider": "default",
+        "config": {"precision": "auto"},
+        "precision": "bf16",
+    }
+    info_path.write_text(json.dumps(info))
+    script = f"""
+import json, sys
+from embedfleet.destinations import DestinationSpec
+from embedfleet.destinations.sync import sync_destination
+from embedfleet.job.store import OutputStore
+spec = DestinationSpec("chroma", path={str(tmp_path / "chroma")!r}, collection="docs")
+sync_destination(OutputStore({str(output)!r}), spec)
+import chromadb
+collection = chromadb.PersistentClient(path={str(tmp_path / "chroma")!r}).get_collection("docs")
+attached = collection.configuration_json["embedding_function"]
+print(json.dumps([attached, "torch" in sys.modules, "sentence_transformers" in sys.modules]))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    attached, torch_loaded, model_loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert attached["name"] == "embedfleet.default"
+    assert attached["config"]["precision"] == "bf16"  # as the vectors were made
+    assert not torch_loaded and not model_loaded

@@ -1,8 +1,8 @@
 """The ``embedfleet`` command: parse, call the library, print.
 
 Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
-provider, output, or some shards failed: re-run to retry only those); 2 bad
-usage, config or input (nothing was embedded); 3 the output is locked by
+provider, output, a destination's sync, or some shards failed: re-run to retry only
+those); 2 bad usage, config or input (nothing was embedded); 3 the output is locked by
 another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
 committed shards stay, re-run to resume, with a fresh per-run budget); 130 interrupted
 (committed shards stay, the run is resumable).

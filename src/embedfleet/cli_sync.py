@@ -145,6 +145,9 @@ def plan_destinations(spec: JobSpec) -> list[dict[str, Any]]:
     from embedfleet.destinations.sync import plan_sync
 
     output = OutputStore(spec.output.uri, spec.output.storage_options)
+    if output.latest() is None:
+        note = "no complete snapshot yet: the first sync, after the run, loads every row"
+        return [{"destination": item.label, "error": note} for item in spec.destination]
     plans = []
     for destination in spec.destination:
         try:

@@ -163,6 +163,10 @@ def decide(
         return _rebuild(dest, target, identity, live, stop)
     if same and state is not None and state.target is None and held == target.run_id:
         return Decision(target, live, "up to date", held=held)
+    if not live.exists and dest.can_swap:  # a rebuild stopped between its swap's two steps?
+        staged = _staged(dest, target, identity, live, stop)
+        if staged is not None:
+            return staged
     if not live.rows:  # an empty collection of another layout is made anew
         return Decision(target, live, "empty", fresh=live.exists and not same, held=held)
     base = output.snapshot(held) if held else None
@@ -201,13 +205,29 @@ def _rebuild(
             dest.spec.label,
         )
         return Decision(target, live, "empty", rebuild=True, fresh=True, held=held)
+    staged = _staged(dest, target, identity, live, stop)
+    if staged is not None:
+        return staged
+    return Decision(target, live, "empty", rebuild=True, staging=True, fresh=True, held=held)
+
+
+def _staged(
+    dest: Destination,
+    target: Target,
+    identity: str | None,
+    live: Found,
+    stop: threading.Event | None,
+) -> Decision | None:
+    """Resume a rebuild into its staging collection, if one of this output and layout
+    holds rows (a rebuild cut short, or not swapped in yet); None otherwise."""
     name = f"{dest.spec.label} ({dest.describe()}) staging"
     staged = with_retries(lambda: dest.inspect(staging=True), what=name, spec=dest.spec, stop=stop)
     state = staged.state
     ours = state is not None and state.output_id == identity and state.layout == target.layout
     if not staged.exists or not ours or not staged.rows:
-        return Decision(target, live, "empty", rebuild=True, staging=True, fresh=True, held=held)
+        return None
     index = _own_rows(dest, target.columns, staging=True, stop=stop)
+    held = live.state.snapshot if live.state else None
     return Decision(
         target, live, "staged rebuild", True, True, inserts=False, base_index=index, held=held
     )
