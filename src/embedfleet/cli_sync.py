@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 
 from embedfleet.destinations import DestinationSpec, parse_uri
-from embedfleet.errors import ConfigError, EmbedfleetError
+from embedfleet.errors import ConfigError, DestinationError, EmbedfleetError
 from embedfleet.job import JobResult, JobSpec
 from embedfleet.job.store import OutputStore
 
@@ -71,7 +71,13 @@ def run_sync(arguments: argparse.Namespace) -> int:
             print_plan(plan_sync(output, dataclasses.replace(destination, max_retries=0)))
         return 0
     with locked_run(output) as signals:
-        results = sync_all(output, destinations, progress=not arguments.quiet, stop=signals.stop)
+        results = sync_all(
+            output,
+            destinations,
+            progress=not arguments.quiet,
+            stop=signals.stop,
+            tolerate=(DestinationError,),
+        )
     summaries = [result.to_dict() for result in results]
     if arguments.report:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:

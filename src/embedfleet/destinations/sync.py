@@ -295,10 +295,7 @@ def _apply(
         dest.prepare(target, begin, staging=decision.staging, fresh=decision.fresh)
 
     with_retries(prepare, what=f"{name}: create or open", spec=spec, stop=stop)
-    if decision.base_index is None:
-        changes = diff(snapshot, None, target.columns)
-    else:
-        changes = diff(snapshot, decision.base_index, target.columns)
+    changes = diff(snapshot, decision.base_index, target.columns)
     result.unchanged = changes.unchanged
     sender = Sender(dest, name, stop, progress, changes.upserts + len(changes.deletes))
     try:
@@ -358,14 +355,17 @@ def sync_all(
     *,
     progress: bool = False,
     stop: threading.Event | None = None,
+    tolerate: tuple[type[Exception], ...] = (EmbedfleetError,),
 ) -> list[SyncResult]:
-    """A job's destinations after its snapshot completed: one failing destination is
-    recorded with its error and the others still sync (the next run retries it)."""
+    """Sync each destination; one failing with a ``tolerate`` error is recorded with its
+    error and the others still sync (a job's snapshot is complete either way: the next
+    run retries it). ``embedfleet sync`` tolerates only DestinationError, so a bad spec
+    still exits 2."""
     results = []
     for spec in specs:
         try:
             results.append(sync_destination(output, spec, progress=progress, stop=stop))
-        except EmbedfleetError as exc:
+        except tolerate as exc:
             logger.error("destination %s: %s", spec.label, exc)
             results.append(SyncResult(spec.label, spec.kind, "", "", error=str(exc)))
     return results
