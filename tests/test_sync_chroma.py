@@ -349,3 +349,24 @@ print(json.dumps([attached, "torch" in sys.modules, "sentence_transformers" in s
     assert attached["name"] == "embedfleet.default"
     assert attached["config"]["precision"] == "bf16"  # as the vectors were made
     assert not torch_loaded and not model_loaded
+
+
+def test_a_collection_in_another_tenants_database(tmp_path, chroma_server, snapshots):
+    from chromadb.config import Settings
+
+    host, port = chroma_server.removeprefix("http://").split(":")
+    settings = Settings(
+        chroma_api_impl="chromadb.api.fastapi.FastAPI",
+        chroma_server_host=host,
+        chroma_server_http_port=int(port),
+    )
+    admin = chromadb.AdminClient(settings)
+    admin.create_tenant("team")
+    admin.create_database("vectors", tenant="team")
+    uri = f"chroma+{chroma_server}?collection=scoped&tenant=team&database=vectors"
+    output = snapshots.copy(tmp_path / "out")
+    assert main(["sync", str(output), "--to", uri, "--quiet"]) == 0
+    scoped = chromadb.HttpClient(host=host, port=int(port), tenant="team", database="vectors")
+    assert_chroma_equals(scoped.get_collection("scoped"), snapshot_rows(output))
+    default = chromadb.HttpClient(host=host, port=int(port))
+    assert "scoped" not in [item.name for item in default.list_collections()]

@@ -11,6 +11,8 @@ storage_options=...)``: a folder, ``s3://``, ``gs://``...), kept equal to a snap
 - A rebuild goes to ``<table>_embedfleet_staging`` and is swapped in by one overwrite
   commit of the live table (a new version: readers see the old rows or the new, never a
   mix), then the staging table is dropped.
+- Each write is a commit (a table version, a fragment): compact and drop old versions with
+  LanceDB's ``table.optimize()`` on the store's own schedule.
 - Credentials: ``storage_options`` (redacted wherever a spec is recorded) or, better, the
   environment the object store reads (``AWS_ACCESS_KEY_ID``...).
 """
