@@ -42,7 +42,7 @@ _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass
 class DestinationSpec:
-    kind: str  # "chroma" | "lancedb" (embedfleet.destinations.CLASSES)
+    kind: str  # "chroma" | "lancedb" (destinations/registry.py)
     name: str | None = None  # how status and records name it; default "<kind>-<collection>"
     # chroma
     path: str | None = None  # an embedded chromadb.PersistentClient's folder

@@ -105,7 +105,10 @@ def load_target(output: OutputStore, run_id: str, spec: DestinationSpec) -> tupl
         with snapshot.fs.open(snapshot.path(part), "rb") as handle:
             schemas.append(pq.read_schema(handle).remove_metadata())
     if schemas:
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"snapshot {run_id}: its parts disagree on a type: {exc}") from exc
         dimension = schema.field("embedding").type.list_size
     else:  # every row was rejected: nothing to send, but a collection all the same
         dimension = int(embedding.get("dimension") or 1)
