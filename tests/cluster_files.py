@@ -619,9 +619,13 @@ def key_variables_named_by_specs() -> set[str]:
     names = set()
     for data in configmap_files().values():
         for text in data.values():
-            config = tomllib.loads(text).get("embedding", {}).get("config", {})
+            spec = tomllib.loads(text)
+            config = spec.get("embedding", {}).get("config", {})
             if "api_key_env_var" in config:
                 names.add(config["api_key_env_var"])
+            for destination in spec.get("destination", []):  # e.g. Chroma's auth headers
+                if "headers_env_var" in destination:
+                    names.add(destination["headers_env_var"])
     return names
 
 

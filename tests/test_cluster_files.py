@@ -230,6 +230,18 @@ def test_ray_job_submit_targets_a_raycluster_defined_here():
 
 
 # ------------------------------------------------------------------------------- commands
+def test_the_nightly_cronjob_runs_jobs_nightly_toml_with_a_destination(tmp_path):
+    [(_, cronjob)] = objects("CronJob")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "/jobs/nightly.toml" in container["command"]
+    mounted = configmap_files()["embedfleet-jobs"]["nightly.toml"]
+    assert mounted == (REPO / "jobs" / "nightly.toml").read_text()  # the same file
+    (tmp_path / "nightly.toml").write_text(mounted)
+    spec = JobSpec.from_toml(tmp_path / "nightly.toml")
+    assert spec.output.mode == "incremental" and spec.output.keep_text
+    assert [destination.kind for destination in spec.destination] == ["chroma"]
+
+
 def test_the_files_run_embedfleet_job_commands():
     commands = {run.args[0] for run in all_runs("embedfleet") if run.args}
     assert "run" in commands

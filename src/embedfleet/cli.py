@@ -1,9 +1,9 @@
 """The ``embedfleet`` command: parse, call the library, print.
 
 Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
-provider, output, or some shards failed: the advice printed says what to fix, and a
-re-run retries only those); 2 bad
-usage, config or input (nothing was embedded); 3 the output is locked by
+provider, output, a destination's sync, or some shards failed: the advice printed says
+what to fix, and a re-run retries only those); 2 bad usage, config or input (nothing was
+embedded); 3 the output is locked by
 another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
 committed shards stay, re-run to resume, with a fresh per-run budget); 130 interrupted
 (committed shards stay, the run is resumable).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import fsspec
 
-from embedfleet import embedding_functions
+from embedfleet import cli_sync, embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="summarise a job output's snapshots")
     status.add_argument("output", metavar="OUTPUT", help="the job's output URI")
     status.set_defaults(handler=_status)
+    cli_sync.add_parser(commands)  # embedfleet sync OUTPUT --to URI
 
     bench = commands.add_parser("bench", help="throughput: encode vs in-process vs a full job")
     bench.add_argument("--docs", type=int, default=10_000, help="documents in the corpus")
@@ -205,17 +206,23 @@ def _run(arguments: argparse.Namespace) -> int:
         )
     for advice in result.advice():
         print(f"embedfleet: {advice}", file=sys.stderr)
+    destinations_failed = cli_sync.print_job_destinations(result, quiet=arguments.quiet)
     if result.failed_shards:
+        return EXIT_FAILED
+    if destinations_failed:
         return EXIT_FAILED
     return EXIT_BUDGET if result.budget_stopped else EXIT_OK
 
 
 def _plan(arguments: argparse.Namespace) -> int:
-    plan = _load_job(arguments).plan(exact=arguments.exact)
+    job = _load_job(arguments)
+    plan = job.plan(exact=arguments.exact)
+    destinations = cli_sync.plan_destinations(job.spec)  # what each sync would send now
     if arguments.json:
-        print(json.dumps(plan.summary(), indent=2))
-    else:
-        _print_table(plan.table_rows())
+        print(json.dumps({**plan.summary(), "destinations": destinations}, indent=2))
+        return EXIT_OK
+    _print_table(plan.table_rows())
+    cli_sync.print_destination_plans(destinations)
     return EXIT_OK
 
 
@@ -238,6 +245,7 @@ def _status(arguments: argparse.Namespace) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    cli_sync.print_status(output)
     return EXIT_OK
 
 

@@ -24,6 +24,8 @@ so ``except TypeError`` keeps working for code written against Chroma::
     │   └── RateLimitError                429 past every retry
     ├── SourceReadError                   a source file cannot be opened or parsed
     │   └── BadRecordError                a malformed record, with on_bad_record = "error"
+    ├── DestinationError                  a vector store refused or failed a sync
+    │                                     (after retries), or belongs to another output
     └── FleetError                        a fleet of Ray actors failed
         ├── FleetStartError               replicas could not be placed or built
         └── BatchFailedError              a replica raised for one batch
@@ -42,6 +44,7 @@ __all__ = [
     "BadRequestError",
     "BatchFailedError",
     "ConfigError",
+    "DestinationError",
     "EmbeddingOutputError",
     "EmbedfleetError",
     "FleetError",
@@ -130,6 +133,13 @@ class SourceReadError(EmbedfleetError):
 class BadRecordError(SourceReadError):
     """A record cannot be embedded (invalid JSON or UTF-8, a missing or empty text, ...) and
     the job's ``source.on_bad_record`` is ``"error"``; the message names the file and line."""
+
+
+class DestinationError(EmbedfleetError):
+    """A destination (Chroma, LanceDB) could not be synced: down or refusing a batch past
+    its retries, or holding another output's vectors. The message names the destination
+    and the batch; the snapshot is untouched and the next sync starts again from what the
+    destination records it holds."""
 
 
 class ProviderError(EmbedfleetError):

@@ -81,6 +81,7 @@ class JobResult:
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
     finish_seconds: float = 0.0  # after the last shard: fleet stop, checks, manifest, prune
     placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
+    destinations: list[dict[str, Any]] = field(default_factory=list)  # each sync's summary
 
     @property
     def rows_per_second(self) -> float:

@@ -6,7 +6,9 @@ snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
 ``_latest`` moves only when every planned shard committed; a failed shard, a
 signal or the budget leave the snapshot resumable, and a re-run embeds only what
 is missing. A re-run over a source that has not changed since the latest
-snapshot (``plan.up_to_date``) reads, embeds and writes nothing.
+snapshot (``plan.up_to_date``) reads, embeds and writes nothing. A complete run then
+brings the spec's ``[[destination]]`` stores to the latest snapshot
+(:mod:`embedfleet.destinations`), still holding the lock.
 
 Budgets (``[budget]``, per run): each shard task reserves its tokens in one
 ``TokenBudget`` actor before embedding. The actor serialises reservations, so
@@ -19,10 +21,8 @@ fingerprint, so a re-run with a higher budget resumes the same snapshot.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,10 @@ from embedfleet.job import incremental, sources
 from embedfleet.job.exact import count_exactly
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
-from embedfleet.job.result import JobResult, failure_kind
+from embedfleet.job.result import JobResult
 from embedfleet.job.run_control import StopOnSignal, locked_run
-from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
-from embedfleet.job.sources import Shard
+from embedfleet.job.run_state import RunState, warm_worker
+from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
@@ -122,6 +122,12 @@ class Job:
         started = time.perf_counter()
         with locked_run(self.output) as signals:
             result = self._run_locked(signals, progress, on_shard, started)
+            if result.complete and self.spec.destination:  # clients load only then
+                from embedfleet.destinations.sync import sync_all
+
+                specs = self.spec.destination
+                synced = sync_all(self.output, specs, progress=progress, stop=signals.stop)
+                result.destinations = [item.to_dict() for item in synced]
         result.seconds = time.perf_counter() - started
         return result
 
@@ -151,7 +157,7 @@ class Job:
         )
         for marker in committed.values():
             result.count_resumed(marker)
-        run = _Run(plan, snapshot, result, todo, signals, progress, on_shard, started)
+        run = RunState(plan, snapshot, result, todo, signals, progress, on_shard, started)
         try:
             # the fleet first: the metadata comes from a replica (see _metadata)
             if todo or recorded is None:
@@ -205,7 +211,7 @@ class Job:
             return dict(recorded)
         return {**embedding_metadata(fleet), "job_fingerprint": self.fingerprint}
 
-    def _run_info(self, run: _Run) -> dict[str, Any]:
+    def _run_info(self, run: RunState) -> dict[str, Any]:
         """``_run.json`` of a new snapshot: what a resume checks and a reader trusts."""
         return {
             "run_id": run.snapshot.run_id,
@@ -217,7 +223,7 @@ class Job:
             "base": run.plan.base,
         }
 
-    def _embed_shards(self, run: _Run) -> float:
+    def _embed_shards(self, run: RunState) -> float:
         """Keep up to ``2 x replicas`` shard tasks in flight until every shard is in, the
         budget refused one or a signal came; returns when the last shard was in."""
         import ray
@@ -228,7 +234,7 @@ class Job:
         window = max(2, 2 * self.spec.fleet.replicas)
         # Start the shard tasks' worker processes now (imports included): part of
         # start-up, not of the first shards' time.
-        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
+        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(warm_worker)
         ray.get([warm.remote() for _ in range(window)])
         result.startup_seconds = time.perf_counter() - run.started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
@@ -255,7 +261,7 @@ class Job:
                 run.collect(ref)
         return time.perf_counter()  # the last shard is in; what follows is the finish
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: RunState) -> None:
         """Count what is left; when nothing is, make the snapshot complete: drop stale
         commits, check ids, roll up the manifest, move ``_latest``, prune."""
         plan, snapshot, result = run.plan, run.snapshot, run.result
@@ -300,7 +306,9 @@ class Job:
             }
         )
         result.complete = True
-        prune(self.output, self.spec.output.keep_snapshots)
+        from embedfleet.destinations.records import pinned_snapshots
+
+        prune(self.output, self.spec.output.keep_snapshots, pinned_snapshots(self.output))
 
     def _check_unique_ids(self, snapshot: Snapshot) -> None:
         """Ids from different shards must not collide (within a shard, reading checks)."""
@@ -318,77 +326,3 @@ class Job:
                 f"id column {self.spec.source.id_column!r} has duplicate values across "
                 f"files: {sorted(map(str, duplicates))[:10]}"
             )
-
-
-@dataclass
-class _Run:
-    """One run of a job, from its plan to its finish: what the steps share, and, in
-    ``release``, the one place the run lets go of what it started on Ray."""
-
-    plan: JobPlan
-    snapshot: Snapshot
-    result: JobResult
-    todo: list[Shard]  # planned shards without a commit that still counts
-    signals: StopOnSignal  # SIGINT/SIGTERM set its ``stop``
-    progress: bool  # show a progress bar
-    on_shard: Callable[[ShardMarker], None] | None
-    started: float  # perf_counter() when run() was called
-    metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
-    fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
-    budget: Any = None  # the TokenBudget actor, with a token limit
-    base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
-    bar: ShardProgress | None = None
-    pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
-    shards_done: int = 0
-
-    @property
-    def stop(self) -> threading.Event:
-        return self.signals.stop
-
-    def collect(self, ref: Any) -> None:
-        """Count one finished shard task; one shard's failure never stops the others."""
-        import ray
-
-        shard, result = self.pending.pop(ref), self.result
-        try:
-            answer = ray.get(ref)
-        except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
-            result.count_failed(shard.shard_id, shard.relative_path, message, failure_kind(exc))
-            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
-            self._advance(shard.estimated_rows)
-            return
-        if isinstance(answer, OverBudget):  # not embedded: no further shard starts
-            result.budget_stopped = True
-            return
-        result.count_committed(answer)
-        self._advance(answer.rows)
-        if self.on_shard is not None:
-            self.on_shard(answer)
-
-    def _advance(self, rows: int) -> None:
-        self.shards_done += 1
-        if self.bar is not None:
-            self.bar.advance(rows, self.result, self.shards_done, len(self.todo))
-
-    def release(self) -> None:
-        """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
-        the bar: after the last shard, and however the run ends."""
-        if self.pending:
-            import ray
-
-            for ref in self.pending:
-                ray.cancel(ref, force=True)
-        if self.fleet is not None:
-            self.fleet.shutdown()
-        if self.budget is not None:
-            import ray
-
-            ray.kill(self.budget)
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _warm_worker() -> None:
-    """Nothing to do: running it starts a worker process with the job code imported."""

@@ -142,6 +142,8 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     embed_done = time.perf_counter()
+    if spec.output.keep_text:  # [output] keep_text: the text rides with its vector
+        columns = {"text": texts, **columns}
     part = (
         embeddings_table(ids, texts, vectors, columns=columns, metadata=context.metadata)
         if texts

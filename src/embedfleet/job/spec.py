@@ -8,8 +8,10 @@ The TOML shape is the contract users and scripts rely on::
     [embedding]   provider, [embedding.config]
     [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica, batch_size,
                   resources, start_timeout
-    [output]      uri, rows_per_shard, mode, keep_snapshots, storage_options
+    [output]      uri, rows_per_shard, mode, keep_snapshots, keep_text, storage_options
     [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
+    [[destination]]  kind, collection / table, ... (zero or more; see
+                  :mod:`embedfleet.destinations.spec`)
 
 Every option the job layer has is a key here; command-line flags override.
 
@@ -49,6 +51,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from embedfleet.destinations.spec import DestinationSpec
 from embedfleet.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -139,6 +142,7 @@ class OutputSpec:
     rows_per_shard: int = 10_000
     mode: str = "update"  # see the module docstring
     keep_snapshots: int = 3
+    keep_text: bool = False  # part files carry the embedded text as a ``text`` column
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -197,6 +201,7 @@ class JobSpec:
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     fleet: FleetSpec = field(default_factory=FleetSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
+    destination: list[DestinationSpec] = field(default_factory=list)  # [[destination]]
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobSpec:
@@ -212,6 +217,8 @@ class JobSpec:
         base = path.resolve().parent
         spec.source.uri = _resolve_local(spec.source.uri, base)
         spec.output.uri = _resolve_local(spec.output.uri, base)
+        for destination in spec.destination:
+            destination.resolve_paths(lambda uri: _resolve_local(uri, base))
         return spec
 
     @classmethod
@@ -238,6 +245,16 @@ class JobSpec:
         self.fleet.check()
         self.output.check()
         self.budget.check()
+        if self.output.keep_text and "text" in self.source.columns:
+            raise ConfigError("source.columns cannot include 'text' with output.keep_text")
+        labels = [destination.label for destination in self.destination]
+        for index, destination in enumerate(self.destination):
+            destination.check(where=f"destination[{index}]")
+            if labels.count(destination.label) > 1:
+                raise ConfigError(
+                    f"destination[{index}]: two destinations are named {destination.label!r}; "
+                    "give each a distinct name"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,6 +268,7 @@ class JobSpec:
                 key: "<redacted>" if _SECRET_KEY.search(key) else value
                 for key, value in options.items()
             }
+        data["destination"] = [item.to_public_dict() for item in self.destination]
         return data
 
     def fingerprint(self, provider_name: str, provider_config: dict[str, Any]) -> str:
@@ -266,6 +284,8 @@ class JobSpec:
             "id_column": self.source.id_column,
             "columns": self.source.columns,
         }
+        if self.output.keep_text:  # parts with a text column differ (absent: as before)
+            identity["keep_text"] = True
         blob = json.dumps(identity, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -30,7 +30,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -353,14 +353,15 @@ class Snapshot:
         self.fs.rm(self.root, recursive=True)
 
 
-def prune(output: OutputStore, keep: int) -> list[str]:
-    """Delete complete snapshots beyond the newest ``keep``, and unfinished ones older
-    than the latest (they can no longer be resumed). Returns the removed run ids."""
+def prune(output: OutputStore, keep: int, pinned: Collection[str] = ()) -> list[str]:
+    """Delete complete snapshots beyond the newest ``keep`` but those ``pinned`` (a
+    destination's next diff base), and unfinished ones older than the latest (they can
+    no longer be resumed). Returns the removed run ids."""
     latest = output.latest()
     removed = []
     complete = [run for run in output.snapshot_ids() if output.snapshot(run).is_complete()]
     for run in complete[:-keep] if keep else complete:
-        if run != latest:
+        if run != latest and run not in pinned:
             output.snapshot(run).remove()
             removed.append(run)
     for run in output.snapshot_ids():
