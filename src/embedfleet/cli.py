@@ -186,6 +186,7 @@ def _run(arguments: argparse.Namespace) -> int:
                 ("deleted", result.deleted),
                 ("resumed", f"{result.resumed} (rows committed by an earlier attempt)"),
                 ("rejected", result.rejected),
+                *([("chunks", result.chunk_summary())] if job.spec.chunking else []),
                 ("shards", f"{result.shards} ({result.shards_skipped} already committed)"),
                 ("failed shards", len(result.failed_shards)),
                 (
@@ -234,6 +235,7 @@ def _plan(arguments: argparse.Namespace) -> int:
         ("fingerprint", plan.fingerprint),
         ("shards", len(plan.shards)),
         ("estimated rows", f"{plan.estimated_rows:,}"),
+        *([("estimated chunks", f"{plan.estimated_chunks:,}")] if plan.estimated_chunks else []),
         ("estimated tokens", f"{plan.estimated_tokens:,} ({plan.token_basis})"),
         ("estimated cost", format_cost(plan.estimated_cost)),
         ("price", plan.price.describe()),

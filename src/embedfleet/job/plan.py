@@ -16,10 +16,11 @@ from typing import Any
 from embedfleet import pricing
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError, EmbedfleetError
-from embedfleet.job import sources
+from embedfleet.job import records, sources
 from embedfleet.job.billing import billed_tokens
+from embedfleet.job.chunking import Chunker
 from embedfleet.job.sources import Shard
-from embedfleet.job.spec import SourceSpec
+from embedfleet.job.spec import JobSpec, SourceSpec, changed_settings
 from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
 
 PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
@@ -39,6 +40,7 @@ class JobPlan:
     price: pricing.Price = field(default_factory=lambda: pricing.Price(0.0, "local model"))
     token_limit: int | None = None  # this run's budget in tokens; None: no limit
     base: str | None = None  # incremental: the snapshot unchanged rows are carried from
+    estimated_chunks: int | None = None  # with [chunking]: rows the documents become
 
     @property
     def estimated_cost(self) -> float | None:
@@ -61,6 +63,7 @@ class JobPlan:
             "fingerprint": self.fingerprint,
             "shards": len(self.shards),
             "estimated_rows": self.estimated_rows,
+            "estimated_chunks": self.estimated_chunks,
             "estimated_tokens": self.estimated_tokens,
             "token_basis": self.token_basis,
             "estimated_cost": self.estimated_cost,
@@ -84,12 +87,17 @@ class SnapshotChoice:
 
 
 def choose_snapshot(
-    output: OutputStore, mode: str, fingerprint: str, shards: list[Shard]
+    output: OutputStore,
+    mode: str,
+    fingerprint: str,
+    shards: list[Shard],
+    spec: JobSpec | None = None,
 ) -> SnapshotChoice:
     """``overwrite``: a new snapshot. ``resume``: the newest unfinished snapshot newer
     than ``_latest`` if made with this fingerprint (else a ConfigError), or a new one.
     ``incremental``: like resume, but another fingerprint starts a new snapshot, and a
-    new snapshot carries from the latest complete one if made with this fingerprint."""
+    new snapshot carries from the latest complete one if made with this fingerprint.
+    ``spec``: the job's, so a note can say which of its settings changed."""
     if mode == "overwrite":
         return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every shard")
     latest = output.latest()
@@ -100,14 +108,15 @@ def choose_snapshot(
     ]
     if not unfinished:
         if mode == "incremental":
-            return _incremental_base(output, fingerprint, latest)
+            return _incremental_base(output, fingerprint, latest, spec)
         return SnapshotChoice(None, 0, "a new snapshot embeds every shard")
     newest = output.snapshot(unfinished[-1])
     info = newest.run_info() or {}
     if info.get("fingerprint") != fingerprint and mode == "incremental":
         note = (
-            f"incremental: the unfinished {newest.relative} was made with another "
-            "provider or config, so a new snapshot re-embeds every row (full re-embed)"
+            f"incremental: the unfinished {newest.relative} was made with other settings "
+            f"({_what_changed(info, spec)}), so a new snapshot re-embeds every row "
+            "(full re-embed)"
         )
         return SnapshotChoice(None, 0, note)
     if info.get("fingerprint") != fingerprint:
@@ -124,7 +133,9 @@ def choose_snapshot(
     return SnapshotChoice(newest.run_id, committed, note, base)
 
 
-def _incremental_base(output: OutputStore, fingerprint: str, latest: str | None) -> SnapshotChoice:
+def _incremental_base(
+    output: OutputStore, fingerprint: str, latest: str | None, spec: JobSpec | None
+) -> SnapshotChoice:
     """A new snapshot of an incremental run, and what it carries unchanged rows from."""
     if latest is None:
         return SnapshotChoice(
@@ -133,7 +144,7 @@ def _incremental_base(output: OutputStore, fingerprint: str, latest: str | None)
     info = output.snapshot(latest).run_info() or {}
     if info.get("fingerprint") != fingerprint:
         note = (
-            f"incremental: the embedding function or its config changed since "
+            f"incremental: {_what_changed(info, spec)} changed since "
             f"{SNAPSHOTS}/{latest} (fingerprint {info.get('fingerprint')} -> "
             f"{fingerprint}), so every row is re-embedded (full re-embed)"
         )
@@ -144,6 +155,12 @@ def _incremental_base(output: OutputStore, fingerprint: str, latest: str | None)
         "no longer in the source are dropped"
     )
     return SnapshotChoice(None, 0, note, latest)
+
+
+def _what_changed(info: dict[str, Any], spec: JobSpec | None) -> str:
+    """The settings that changed since a snapshot's ``_run.json``, or the function."""
+    changes = changed_settings(info.get("spec") or {}, spec) if spec is not None else []
+    return "; ".join(changes) if changes else "the embedding function or its config"
 
 
 def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dict[str, ShardMarker]:
@@ -158,54 +175,76 @@ def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dic
 
 
 def estimate_tokens(
-    shards: list[Shard], source: SourceSpec, counter: EmbeddingFunction
-) -> tuple[int, str]:
-    """Tokens of every shard, and how they were found.
+    shards: list[Shard],
+    source: SourceSpec,
+    counter: EmbeddingFunction,
+    chunker: Chunker | None = None,
+) -> tuple[int, str, int | None]:
+    """Tokens of every shard, how they were found, and (with a ``chunker``) the chunks.
 
     Small datasets are read whole and counted. Larger ones are sampled: up to
     ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
     over the dataset, scaled by the planned row count (an estimate, and said so).
+    Texts are what a run embeds: templates rendered, documents cut into chunks.
     """
     if not shards:
-        return 0, "no rows"
+        return 0, "no rows", 0 if chunker else None
     picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
     per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
-    rows = counted = 0
+    rows = counted = chunks = 0
     whole = len(picks) == len(shards)
     for index in picks:
         try:
-            shard_rows, shard_tokens, complete = _sample(shards[index], source, counter, per_shard)
+            found = _sample(shards[index], source, counter, per_shard, chunker)
         except (EmbedfleetError, OSError):  # fails when run, naming the file
             whole = False
             continue
-        rows, counted, whole = rows + shard_rows, counted + shard_tokens, whole and complete
+        rows, counted, chunks = rows + found[0], counted + found[1], chunks + found[2]
+        whole = whole and found[3]
     if whole:
-        return counted, f"counted over all {rows:,} rows"
+        return counted, f"counted over all {rows:,} rows", chunks if chunker else None
     if not rows:  # a token is at least one byte of UTF-8
         upper = sum(shard.estimated_bytes for shard in shards)
-        return upper, "upper bound from text bytes (no rows could be sampled)"
+        return upper, "upper bound from text bytes (no rows could be sampled)", None
     total_rows = max(rows, sum(shard.estimated_rows for shard in shards))
-    return math.ceil(counted * total_rows / rows), (
+    scaled_chunks = math.ceil(chunks * total_rows / rows) if chunker else None
+    return (
+        math.ceil(counted * total_rows / rows),
         f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
-        f"scaled to ~{total_rows:,} rows"
+        f"scaled to ~{total_rows:,} rows",
+        scaled_chunks,
     )
 
 
 def _sample(
-    shard: Shard, source: SourceSpec, counter: EmbeddingFunction, limit: int
-) -> tuple[int, int, bool]:
-    """(rows read, their tokens, whether that was the whole shard)."""
+    shard: Shard,
+    source: SourceSpec,
+    counter: EmbeddingFunction,
+    limit: int,
+    chunker: Chunker | None,
+) -> tuple[int, int, int, bool]:
+    """(rows read, their tokens, the rows they become, whether that was the whole shard)."""
     rows, texts = 0, []
     stream = sources.read_shard(shard, source, batch_rows=min(limit, 2048))
     try:
         for piece in stream:
             rows += len(piece.ids)
-            texts += [text for text in piece.texts if text is not None and text.strip()]
+            rendered = records.document_texts(piece, source)
+            texts += [text for text, _ in rendered if text is not None and text.strip()]
             if rows >= limit:
-                return rows, billed_tokens(counter, texts), False
+                return rows, *_count(texts, counter, chunker), False
     finally:
         stream.close()
-    return rows, billed_tokens(counter, texts), True
+    return rows, *_count(texts, counter, chunker), True
+
+
+def _count(
+    texts: list[str], counter: EmbeddingFunction, chunker: Chunker | None
+) -> tuple[int, int]:
+    """Billed tokens of what ``texts`` are embedded as, and how many rows that is."""
+    if chunker is not None:
+        texts = [chunk.text for found in chunker.split(texts) for chunk in found]
+    return billed_tokens(counter, texts), len(texts)
 
 
 def _spread(count: int, picks: int) -> list[int]:

@@ -2,7 +2,8 @@
 
 Rows and tokens are counted from the shards' commit markers as they arrive, so the
 result of a run stopped early (a failed shard, the budget, a signal) still says
-exactly what was committed.
+exactly what was committed. Rows are documents; with ``[chunking]`` the ``chunks_*``
+counts beside them say what happened to the documents' chunks (the rows of the parts).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ class JobResult:
     resumed: int = 0  # rows in shards committed by an earlier, interrupted run
     carried_over: int = 0  # incremental: unchanged rows whose vectors came from the base
     reused: int = 0  # incremental: rows whose text had a vector under another id in the base
-    deleted: int = 0  # incremental: ids of the base no longer in the source
+    deleted: int = 0  # incremental: ids (documents) of the base no longer in the source
+    chunks_embedded: int = 0  # chunking: chunks (rows of the parts) by what happened to them
+    chunks_carried: int = 0
+    chunks_reused: int = 0
+    chunks_rejected: int = 0  # refused by the provider (empty documents have no chunks)
+    chunks_resumed: int = 0
+    chunks_deleted: int = 0  # incremental: chunk ids of the base in no part any more
     shards: int = 0
     shards_skipped: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
@@ -59,11 +66,21 @@ class JobResult:
             "steady_rows_per_second": self.steady_rows_per_second,
         }
 
+    def chunk_summary(self) -> str:
+        """With chunking, what happened to the chunks (the other counts are documents)."""
+        return (
+            f"{self.chunks_embedded} embedded, {self.chunks_carried} carried over, "
+            f"{self.chunks_reused} reused, {self.chunks_deleted} deleted, "
+            f"{self.chunks_resumed} resumed, {self.chunks_rejected} refused"
+        )
+
     def count_resumed(self, marker: ShardMarker) -> None:
         """A shard an earlier run committed: its rows, none of its tokens."""
-        self.resumed += marker.vector_rows
+        self.resumed += marker.embedded + marker.carried + marker.reused
         self.rejected += marker.rejected
         self.rows_read += marker.rows
+        if marker.chunks is not None:
+            self.chunks_resumed += marker.vector_rows
 
     def count_committed(self, marker: ShardMarker) -> None:
         """A shard this run committed."""
@@ -75,3 +92,6 @@ class JobResult:
         self.tokens += marker.tokens
         self.model_tokens += marker.model_tokens
         self.padded_tokens += marker.padded_tokens
+        for kind in ("embedded", "carried", "reused", "rejected"):
+            count = (marker.chunks or {}).get(kind, 0)
+            setattr(self, f"chunks_{kind}", getattr(self, f"chunks_{kind}") + count)

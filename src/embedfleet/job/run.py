@@ -34,6 +34,7 @@ from embedfleet.errors import ConfigError
 from embedfleet.job import incremental, sources
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
+from embedfleet.job.records import chunker_for
 from embedfleet.job.result import JobResult
 from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
@@ -80,15 +81,19 @@ class Job:
         rows and the output's markers: nothing is embedded or written."""
         price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        choice = choose_snapshot(self.output, self.spec.output.mode, self.fingerprint, shards)
-        estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
+        choice = choose_snapshot(
+            self.output, self.spec.output.mode, self.fingerprint, shards, self.spec
+        )
+        chunker = chunker_for(self.spec, self.function)  # a bad [chunking] fails here
+        tokens, basis, chunks = estimate_tokens(shards, self.spec.source, self.function, chunker)
         if choice.base is not None:
             basis += "; an upper bound: this incremental run embeds only new and changed rows"
         return JobPlan(
             fingerprint=self.fingerprint,
             shards=shards,
             estimated_rows=sum(shard.estimated_rows for shard in shards),
-            estimated_tokens=estimated_tokens,
+            estimated_tokens=tokens,
+            estimated_chunks=chunks,
             snapshot=choice.snapshot,
             committed=choice.committed,
             note=choice.note,
@@ -264,6 +269,10 @@ class Job:
         total_tokens = sum(marker.tokens for marker in markers)
         if run.base is not None:
             result.deleted = incremental.deleted(run.base, snapshot)
+            if self.spec.chunking is not None:  # base ids are chunks: count documents apart
+                result.chunks_deleted = result.deleted
+                base = self.output.snapshot(run.base.run_id)
+                result.deleted = incremental.deleted_documents(base, snapshot)
         snapshot.finish(
             {
                 "fingerprint": self.fingerprint,
@@ -280,6 +289,7 @@ class Job:
                 "tokens": total_tokens,
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
+                **({"chunks": _chunk_totals(markers, result)} if self.spec.chunking else {}),
             }
         )
         result.complete = True
@@ -370,6 +380,15 @@ class _Run:
             ray.kill(self.budget)
         if self.bar is not None:
             self.bar.close()
+
+
+def _chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, int]:
+    """The manifest's chunk counts (the rows of the parts), beside its document counts."""
+    totals = {
+        kind: sum((marker.chunks or {}).get(kind, 0) for marker in markers)
+        for kind in ("rows", "embedded", "carried", "reused", "rejected")
+    }
+    return {**totals, "deleted": result.chunks_deleted}
 
 
 def _warm_worker() -> None:

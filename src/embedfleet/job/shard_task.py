@@ -8,15 +8,17 @@ part without its marker does not exist). It reserves no CPU: reading and writing
 wait on I/O, and the fleet's replicas own the cores, so ``replicas = 2,
 num_cpus = 1`` on a 2-CPU machine cannot deadlock.
 
-Nothing disappears silently: a null or empty text, and a row the provider refuses
-as bad input, go to ``_rejects/`` with the reason.
+Between reading and embedding, :mod:`.records` turns documents into the rows to embed
+(the template rendered, documents cut into chunks). Nothing disappears silently: a
+null or empty text, a missing template field, and a row the provider refuses as bad
+input go to ``_rejects/`` with the reason. Counts are in documents, with chunking's
+rows (chunks) beside them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import BadRequestError, ConfigError, EmbedfleetError
-from embedfleet.job import incremental, sources
+from embedfleet.errors import BadRequestError, EmbedfleetError
+from embedfleet.job import incremental
 from embedfleet.job.billing import billed_tokens
-from embedfleet.job.sources import Shard, ShardRows
+from embedfleet.job.records import ShardRecords, chunker_for, document_counts, read_records
+from embedfleet.job.sources import Shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot
 from embedfleet.output_format import METADATA_KEY, content_hash, embeddings_table
@@ -66,19 +69,10 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     """
     spec, fleet, base = context.spec, context.fleet, context.base
     started = time.perf_counter()
-    ids: list[str] = []
-    texts: list[str] = []
-    columns: dict[str, list[Any]] = {name: [] for name in spec.source.columns}
-    reject_ids: list[str] = []
-    reasons: list[str] = []
-    rows = 0
-    for piece in sources.read_shard(shard, spec.source):
-        rows += len(piece.ids)
-        for index, text in _accepted(piece, reject_ids, reasons, spec.source.on_empty, shard):
-            ids.append(piece.ids[index])
-            texts.append(text)
-            for name in columns:
-                columns[name].append(piece.columns[name][index])
+    # documents -> rows to embed: template, rejects, chunks (job/records.py)
+    records = read_records(shard, spec, chunker_for(spec, context.function))
+    ids, texts, columns, rows = records.ids, records.texts, records.columns, records.rows
+    reject_ids, reasons = records.reject_ids, records.reasons
     read_done = time.perf_counter()
     output = OutputStore(spec.output.uri, spec.output.storage_options)
     snapshot = output.snapshot(context.run_id)
@@ -103,10 +97,10 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         rows=rows,
         characters=sum(len(texts[i]) for i in to_embed),
         tokens=shard_tokens,
-        carried=matches.count(incremental.CARRY) if matches else 0,
-        reused=matches.count(incremental.REUSE) if matches else 0,
         read_seconds=round(read_done - started, 3),
     )
+    chunking = spec.chunking is not None
+    marker = _counted(marker, records, matches, {}, chunking)
     if base is not None and matches is not None and not reject_ids:
         part = incremental.whole_part(matches, base)
         base_snapshot = output.snapshot(base.run_id)
@@ -131,11 +125,11 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         for position, vector in zip(taken.tolist(), old, strict=True):
             vectors[position] = vector
     refused = {to_embed[index]: reason for index, reason in refused.items()}
+    marker = _counted(marker, records, matches, refused, chunking)
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
         for index, reason in sorted(refused.items()):
-            reject_ids.append(ids[index])
-            reasons.append(reason)
+            records.reject(ids[index], records.doc_ids[index], reason)
         ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     embed_done = time.perf_counter()
@@ -144,17 +138,12 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         if texts
         else None
     )
-    rejects = (
-        pa.table(
-            {"id": pa.array(reject_ids, pa.string()), "reason": pa.array(reasons, pa.string())}
-        )
-        if reject_ids
-        else None
-    )
+    rejected = {"id": pa.array(reject_ids, pa.string()), "reason": pa.array(reasons, pa.string())}
+    if spec.chunking is not None:  # which document each rejected chunk (or document) is
+        rejected["doc_id"] = pa.array(records.reject_docs, pa.string())
+    rejects = pa.table(rejected) if reject_ids else None
     marker = replace(
         marker,
-        embedded=len(to_embed) - len(refused),
-        rejected=len(reject_ids),
         embed_seconds=round(embed_done - read_done, 3),
         model_tokens=fleet.stats.tokens - counted_before[0],  # as the model counted them
         padded_tokens=fleet.stats.padded_tokens - counted_before[1],
@@ -186,22 +175,41 @@ def embed_or_isolate(
     return left + right, refused
 
 
-def _accepted(
-    piece: ShardRows, reject_ids: list[str], reasons: list[str], on_empty: str, shard: Shard
-) -> Iterator[tuple[int, str]]:
-    """The rows of ``piece`` with a text; the others go to the rejects, or, with
-    ``on_empty = "error"``, fail the shard naming the row."""
-    for index, text in enumerate(piece.texts):
-        if text is None or not text.strip():
-            reason = "text is null" if text is None else "text is empty"
-            if on_empty == "error":
-                raise ConfigError(
-                    f"{shard.uri}: row {piece.ids[index]!r}: {reason} (source.on_empty = 'error')"
-                )
-            reject_ids.append(piece.ids[index])
-            reasons.append(reason)
-            continue
-        yield index, text
+def _counted(
+    marker: ShardMarker,
+    records: ShardRecords,
+    matches: incremental.Matches | None,
+    refused: dict[int, str],
+    chunking: bool,
+) -> ShardMarker:
+    """The marker with the shard's counts in documents (embedded, carried, reused,
+    rejected: empty ones and those with a row the provider refused; before ``refused``
+    joins the rejects) and, with chunking, its rows (chunks) by kind beside them."""
+    kinds = matches.kinds if matches is not None else None
+    documents = document_counts(records.doc_ids, kinds, refused)
+    chunks = None
+    if chunking:
+        rows = len(records.ids)
+        kinds_of = (incremental.CARRY, incremental.REUSE)
+        by_kind = {k: int((kinds == k).sum()) if kinds is not None else 0 for k in kinds_of}
+        chunks = {
+            "rows": rows,
+            "embedded": rows
+            - by_kind[incremental.CARRY]
+            - by_kind[incremental.REUSE]
+            - len(refused),
+            "carried": by_kind[incremental.CARRY],
+            "reused": by_kind[incremental.REUSE],
+            "rejected": len(refused),
+        }
+    return replace(
+        marker,
+        embedded=documents["embedded"],
+        carried=documents["carried"],
+        reused=documents["reused"],
+        rejected=len(records.reject_ids) + documents["rejected"],
+        chunks=chunks,
+    )
 
 
 def _same_columns(

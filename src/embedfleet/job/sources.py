@@ -34,7 +34,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -67,11 +67,13 @@ class Shard:
 
 @dataclass
 class ShardRows:
-    """A streamed piece of a shard: ids, texts (``None`` for a null) and passthrough columns."""
+    """A streamed piece of a shard: ids, texts (``None`` for a null) and passthrough columns;
+    with a ``source.template``, its fields' values instead of texts (rendered by the job)."""
 
     ids: list[str]
     texts: list[str | None]
     columns: dict[str, list[Any]]
+    fields: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def plan(source: SourceSpec, rows_per_shard: int) -> list[Shard]:
             footer = formats.parquet_footer(file.uri, source.storage_options)
             if footer is not None and "parquet" not in checked:
                 _check_columns(file, footer.schema.to_arrow_schema().names, wanted, checked)
-            shards += _parquet_shards(file, footer, rows_per_shard, source.text_column)
+            shards += _parquet_shards(file, footer, rows_per_shard, _text_columns(source))
             continue
         if file.format in ("jsonl", "csv") and file.format not in checked:
             found = formats.first_record_columns(
@@ -188,14 +190,19 @@ def read_shard(shard: Shard, source: SourceSpec, batch_rows: int = 2048) -> Iter
 
 
 def _wanted_columns(source: SourceSpec, fmts: set[str]) -> list[str]:
-    """Text column first, then the id column and passthrough columns, without repeats."""
-    if fmts & {"text", "text_file"} and (source.id_column or source.columns):
+    """Text column (or the template's fields) first, then the id column and passthrough
+    columns, without repeats."""
+    if fmts & {"text", "text_file"} and (source.id_column or source.columns or source.template):
         raise ConfigError(
-            "source formats text and text_file have no columns: leave source.id_column and "
-            "source.columns unset (ids are derived from the file path)"
+            "source formats text and text_file have no columns: leave source.id_column, "
+            "source.columns and source.template unset (ids are derived from the file path)"
         )
-    names = [source.text_column, source.id_column or source.text_column, *source.columns]
-    return list(dict.fromkeys(names))
+    texts = list(source.template_fields()) or [source.text_column]
+    return list(dict.fromkeys([*texts, source.id_column or texts[0], *source.columns]))
+
+
+def _text_columns(source: SourceSpec) -> set[str]:
+    return set(source.template_fields()) or {source.text_column}
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -232,7 +239,9 @@ def _shard(
     )
 
 
-def _parquet_shards(file: _File, footer: Any, rows_per_shard: int, text_column: str) -> list[Shard]:
+def _parquet_shards(
+    file: _File, footer: Any, rows_per_shard: int, text_columns: set[str]
+) -> list[Shard]:
     """Consecutive whole row groups, up to ``rows_per_shard`` rows each."""
     if footer is None:
         return [_shard(file, "file", (0, 1), 0, file.size or 0)]
@@ -248,7 +257,7 @@ def _parquet_shards(file: _File, footer: Any, rows_per_shard: int, text_column: 
         nbytes += sum(
             group.column(j).total_uncompressed_size
             for j in range(group.num_columns)
-            if group.column(j).path_in_schema.split(".")[0] == text_column
+            if group.column(j).path_in_schema.split(".")[0] in text_columns
         )
     if rows:
         shards.append(
@@ -357,14 +366,16 @@ def _shard_rows(
                 + (f" and {len(duplicates) - 10} more" if len(duplicates) > 10 else "")
             )
         seen.update(ids)
-    texts = columns[source.text_column]
+    fields = {name: columns[name] for name in source.template_fields()}
+    texts = [None] * len(ids) if fields else columns[source.text_column]
     for text, row_id in zip(texts, ids, strict=True):
         if text is not None and not isinstance(text, str):
             raise ConfigError(
                 f"{shard.uri}: row {row_id!r} has a {type(text).__name__} in text column "
                 f"{source.text_column!r}, not a string"
             )
-    return ShardRows(ids=ids, texts=texts, columns={name: columns[name] for name in source.columns})
+    passthrough = {name: columns[name] for name in source.columns}
+    return ShardRows(ids=ids, texts=texts, columns=passthrough, fields=fields)
 
 
 def _duplicates(ids: list[str], seen: set[str]) -> list[str]:

@@ -2,12 +2,14 @@
 
 The TOML shape is the contract users and scripts rely on::
 
-    [source]      uri, format, text_column, id_column, columns, on_empty, storage_options
+    [source]      uri, format, text_column, template, id_column, columns, on_empty,
+                  storage_options
     [embedding]   provider, [embedding.config]
     [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica, batch_size,
                   resources, start_timeout
-    [output]      uri, rows_per_shard, mode, keep_snapshots, storage_options
+    [output]      uri, rows_per_shard, mode, keep_snapshots, keep_text, storage_options
     [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
+    [chunking]    max_tokens, overlap, markdown   (absent: one vector per row)
 
 Every option the job layer has is a key here; command-line flags override.
 
@@ -35,6 +37,8 @@ from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from embedfleet.errors import ConfigError
+from embedfleet.job.chunking import CHUNKER_VERSION
+from embedfleet.job.templates import Template
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +49,9 @@ _SECRET_KEY = re.compile(r"key|secret|token|password|credential|auth", re.IGNORE
 FORMATS = ("parquet", "jsonl", "csv", "text", "text_file")
 ON_EMPTY = ("reject", "error")
 MODES = ("resume", "overwrite", "incremental")
+#: A chunk row's columns after ``content_hash`` (``chunk_start``/``chunk_end``: offsets
+#: into the document's text, so ``text[chunk_start:chunk_end]`` is the chunk).
+CHUNK_COLUMNS = ("doc_id", "chunk_index", "chunk_start", "chunk_end")
 
 
 @dataclass
@@ -56,6 +63,9 @@ class SourceSpec:
     columns: list[str] = field(default_factory=list)
     on_empty: str = "reject"
     storage_options: dict[str, Any] = field(default_factory=dict)
+    template: str | None = (
+        None  # "{title}\n\n{body}": the text from these columns (job/templates.py)
+    )
 
     def check(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -65,6 +75,31 @@ class SourceSpec:
         reserved = {"id", "embedding", "content_hash"} & set(self.columns)
         if reserved:
             raise ConfigError(f"source.columns cannot include output columns {sorted(reserved)}")
+        self.template_fields()
+
+    def template_fields(self) -> tuple[str, ...]:
+        """The columns ``template`` names (none without a template)."""
+        return () if self.template is None else Template.parse(self.template).fields
+
+
+@dataclass
+class ChunkingSpec:
+    """``[chunking]``: one row per chunk of each document (see job/chunking.py)."""
+
+    max_tokens: int | None = None  # a chunk's own tokens; None: all the model reads
+    overlap: int = 0  # tokens a chunk repeats from the end of the one before
+    markdown: bool = False  # keep headings and code blocks whole where they fit
+
+    def check(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"chunking.max_tokens must be positive, got {self.max_tokens}")
+        if self.overlap < 0:
+            raise ConfigError(f"chunking.overlap must be 0 or more, got {self.overlap}")
+        if self.max_tokens is not None and self.overlap > self.max_tokens // 2:
+            raise ConfigError(
+                f"chunking.overlap ({self.overlap}) must be at most half of chunking.max_tokens "
+                f"({self.max_tokens})"
+            )
 
 
 @dataclass
@@ -98,6 +133,7 @@ class OutputSpec:
     mode: str = "resume"
     keep_snapshots: int = 3
     storage_options: dict[str, Any] = field(default_factory=dict)
+    keep_text: bool = False  # a ``text`` column: the text each vector was made from
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -146,6 +182,7 @@ class JobSpec:
     embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
     fleet: FleetSpec = field(default_factory=FleetSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
+    chunking: ChunkingSpec | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobSpec:
@@ -180,6 +217,22 @@ class JobSpec:
         self.fleet.check()
         self.output.check()
         self.budget.check()
+        if self.chunking is not None:
+            self.chunking.check()
+        taken = set(self.source.columns) & set(self.output_columns())
+        if taken:
+            raise ConfigError(f"source.columns cannot include output columns {sorted(taken)}")
+
+    def output_columns(self) -> tuple[str, ...]:
+        """The columns a part has besides its passthrough columns, in order."""
+        chunks = CHUNK_COLUMNS if self.chunking is not None else ()
+        return (
+            "id",
+            "embedding",
+            "content_hash",
+            *chunks,
+            *(("text",) if self.output.keep_text else ()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,18 +251,45 @@ class JobSpec:
     def fingerprint(self, provider_name: str, provider_config: dict[str, Any]) -> str:
         """What decides whether two runs produce interchangeable vectors.
 
-        The embedding provider and its config, and the source's text and id
-        columns: changing any of them means a snapshot cannot be resumed into.
+        The embedding provider and its config, the source's text and id columns, and,
+        where set, the template, the chunking and ``keep_text``: changing any of them
+        means a snapshot cannot be resumed into (an incremental run re-embeds all).
         """
-        identity = {
+        identity: dict[str, Any] = {
             "provider": provider_name,
             "config": provider_config,
             "text_column": self.source.text_column,
             "id_column": self.source.id_column,
             "columns": self.source.columns,
         }
+        if self.source.template is not None:
+            identity["template"] = self.source.template
+        if self.chunking is not None:
+            identity["chunking"] = {**dataclasses.asdict(self.chunking), "version": CHUNKER_VERSION}
+        if self.output.keep_text:
+            identity["keep_text"] = True
         blob = json.dumps(identity, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def changed_settings(recorded: dict[str, Any], spec: JobSpec) -> list[str]:
+    """Which of the settings the fingerprint holds (besides the embedding function) differ
+    between a snapshot's recorded spec and ``spec``, each as "key: old -> new"."""
+    current = spec.to_public_dict()
+    keys = [("chunking",), ("source", "template"), ("source", "text_column")]
+    keys += [("source", "id_column"), ("source", "columns"), ("output", "keep_text")]
+    changes = []
+    for path in keys:
+        old, new = _dig(recorded, path), _dig(current, path)
+        if old != new:
+            changes.append(f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
+
+
+def _dig(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _resolve_local(uri: str, base: Path) -> str:
@@ -256,6 +336,8 @@ def _convert(hint: Any, value: Any, key: str, origin: str) -> Any:
         for option in get_args(hint):
             if option is type(None):
                 continue
+            if dataclasses.is_dataclass(option):  # a table: its own errors name the key
+                return _convert(option, value, key, origin)
             try:
                 return _convert(option, value, key, origin)
             except ConfigError:

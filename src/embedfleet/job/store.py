@@ -9,7 +9,7 @@
         _run.json                  run id, fingerprint, planned shards, what made the vectors
         part-<shard-id>.parquet    one per shard
         _commits/<shard-id>.json   per-shard commit marker, written after its part
-        _rejects/<shard-id>.parquet  rows not embedded, with id and reason
+        _rejects/<shard-id>.parquet  rows not embedded: id, reason (chunking: doc_id)
         _manifest.json             rolled up from the markers when every shard committed
 
 A part without its commit marker does not exist for resume. Files are written
@@ -18,9 +18,8 @@ local disks, a single put on object stores, so readers never see half a file.
 Names starting with ``_`` are skipped by pyarrow datasets and by
 ``*.parquet`` globs, so a snapshot directory reads as a plain Parquet dataset.
 
-Markers are read and written here only, as :class:`ShardMarker`: the runner, the
-plan and ``embedfleet status`` all see the same typed record, and a marker written
-before a field existed reads with that field's default.
+Markers are read and written here only, as :class:`ShardMarker` (the runner, the plan
+and ``embedfleet status`` see one typed record; a field a marker lacks reads as default).
 """
 
 from __future__ import annotations
@@ -91,6 +90,7 @@ class ShardMarker:
     read_seconds: float = 0.0
     embedded: int = 0
     rejected: int = 0
+    chunks: dict[str, int] | None = None  # chunking: rows (chunks) by kind; counts above: docs
     embed_seconds: float = 0.0
     model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
     padded_tokens: int = 0  # ... padding included
@@ -101,7 +101,9 @@ class ShardMarker:
 
     @property
     def vector_rows(self) -> int:
-        """Rows with a vector in the shard's part."""
+        """Rows with a vector in the shard's part (chunks, with chunking)."""
+        if self.chunks is not None:
+            return self.chunks["embedded"] + self.chunks["carried"] + self.chunks["reused"]
         return self.embedded + self.carried + self.reused
 
     def to_json(self) -> dict[str, Any]:
@@ -111,8 +113,9 @@ class ShardMarker:
             del data["copied_from"]
         else:
             del data["embed_seconds"], data["model_tokens"], data["padded_tokens"]
-        if self.write_seconds is None:
-            del data["write_seconds"]
+        for name in ("chunks", "write_seconds"):
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
