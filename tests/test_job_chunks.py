@@ -222,3 +222,13 @@ def test_a_chunking_change_re_embeds_everything_and_the_plan_says_why(tmp_path):
     result = job.run(progress=False)
     assert result.complete and result.chunks_carried == result.carried_over == 0
     assert result.chunks_embedded > 0 and result.embedded == 2
+
+
+def test_the_long_documents_example_plans_documents_chunks_and_tokens(repo_root, capsys):
+    from embedfleet.cli import EXIT_OK, main
+
+    plan = Job.from_toml(repo_root / "jobs/long_documents.toml").plan()
+    assert plan.estimated_rows == 16 and plan.estimated_chunks > 16 * 5
+    assert plan.estimated_tokens > plan.estimated_chunks * 100  # chunks of ~200 tokens
+    assert main(["plan", str(repo_root / "jobs/long_documents.toml")]) == EXIT_OK
+    assert "estimated chunks" in capsys.readouterr().out
