@@ -254,3 +254,16 @@ def test_api_providers_count_as_they_bill_against_their_documented_limit():
     assert counter.count(["hello there world"]) == openai.billed_tokens(["hello there world"])
     server = HuggingFaceEmbeddingServer(url="http://127.0.0.1:9/embed").token_counter()
     assert server.limit is None and server.count(["some text"]) == [estimate_tokens("some text")]
+
+
+def test_without_a_tokenizer_file_the_counter_asks_the_loaded_model(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "tokenizer.json").unlink()
+    function = SentenceTransformerEmbeddingFunction(str(folder), precision="fp32")
+    counter = function.token_counter()
+    assert counter.basis.endswith("(loaded model)")
+    texts = ["a short text", "word " * 100]
+    assert counter.count(texts) == function.token_lengths(texts) and counter.limit == 64
