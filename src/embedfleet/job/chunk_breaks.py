@@ -159,7 +159,8 @@ def _fences(text: str) -> list[tuple[int, int]]:
 def _markdown_level(
     text: str, left: int, right: int, level: int, fences: list[tuple[int, int]]
 ) -> int:
-    for start, end in fences:
+    nearest = bisect_right(fences, (right, len(text) + 1)) - 1  # the last block from <= right
+    for start, end in fences[max(0, nearest - 1) : nearest + 1]:
         if start < right and left < end:  # the gap is inside the block
             return min(level, LINE)
         if right == start or left == end:
