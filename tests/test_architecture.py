@@ -82,16 +82,23 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 def documented_layers() -> list[list[str]]:
     """The diagram under "## Layers" in docs/architecture.md: one layer per line, top
     first; the first column names the layer's modules, comma-separated, relative to
-    the package (``embedfleet`` itself is the package root)."""
+    the package (``embedfleet`` itself is the package root); a list ending in a comma
+    goes on in the first column of the next, indented, line."""
     text = ARCHITECTURE.read_text(encoding="utf-8")
     section = text.split("## Layers", 1)[1]
     block = section.split("```", 2)[1]
-    layers = []
+    layers: list[list[str]] = []
+    continued = False  # the last layer's module list ended with a comma
     for line in block.splitlines()[1:]:
-        if not line.strip() or line.startswith(" "):
+        column = re.split(r"\s{2,}", line.strip())[0] if line.strip() else ""
+        if line.startswith(" ") and not continued:
             continue  # a continued description
-        column = re.split(r"\s{2,}", line.strip())[0]
-        layers.append([item.strip() for item in column.split(",")])
+        names = [item.strip() for item in column.split(",") if item.strip()]
+        if continued:
+            layers[-1] += names
+        elif names:
+            layers.append(names)
+        continued = column.endswith(",")
     return layers
 
 

@@ -174,6 +174,7 @@ def test_the_rejects_file_has_one_column_per_documented_field():
     assert table.to_pylist() == [
         {
             "id": "d.jsonl@7",
+            "doc_id": "d.jsonl@7",
             "kind": "invalid_json",
             "reason": "invalid JSON",
             "file": "sub/d.jsonl",
@@ -183,7 +184,7 @@ def test_the_rejects_file_has_one_column_per_documented_field():
             "row": None,
         }
     ]
-    assert len(set(REJECT_KINDS)) == len(REJECT_KINDS) == 12
+    assert len(set(REJECT_KINDS)) == len(REJECT_KINDS) == 13
 
 
 @pytest.mark.parametrize(

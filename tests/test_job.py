@@ -245,7 +245,7 @@ def test_a_changed_config_starts_a_new_snapshot_and_overwrite_starts_afresh(tmp_
     assert not Job(spec).run(progress=False).complete
     spec.embedding.config = {"dimension": 16}
     plan = Job(spec).plan()  # never resumed into: that would mix vectors
-    assert plan.snapshot is None and "made with another provider or config" in plan.note
+    assert plan.snapshot is None and "made with other settings" in plan.note
     spec.output.mode = "overwrite"
     spec.source.uri = str(paths[1])
     result = Job(spec).run(progress=False)

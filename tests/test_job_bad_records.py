@@ -102,6 +102,7 @@ def test_every_source_record_is_accounted_for_with_every_kind_of_bad_record(
     assert set(by_kind) == EVERY_KIND and rejects.num_rows == 12
     assert by_kind["wrong_field_count"] | {"reason": ""} == {
         "id": "b.csv#1",
+        "doc_id": "b.csv#1",
         "kind": "wrong_field_count",
         "reason": "",
         "file": "b.csv",

@@ -140,7 +140,7 @@ def test_quickstart_runs_and_rerunning_the_fleet_cell_keeps_two_replicas():
 
 
 @pytest.mark.real_model
-def test_compare_models_reports_recall_and_throughput_for_both_precisions():
+def test_compare_models_reports_recall_and_throughput_for_both_precisions_and_chunking():
     notebook = nbformat.read(NOTEBOOKS / "compare_models.ipynb", as_version=4)
     make_client(notebook).execute(env=kernel_env())
 
@@ -151,3 +151,10 @@ def test_compare_models_reports_recall_and_throughput_for_both_precisions():
         recall_1, recall_5 = (float(cell) for cell in rows[label].split("|")[2:4])
         assert 0.6 <= recall_1 <= recall_5 <= 1.0
     assert "image/png" in mime_types(notebook.cells[tagged(notebook, "plot")])
+    # long documents: chunks find more documents among the top five than truncated vectors
+    cell = notebook.cells[tagged(notebook, "chunking")]
+    table = cell.outputs[0]["data"]["text/markdown"]
+    rows = {
+        line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if "|" in line
+    }
+    assert float(rows["chunks"][4]) > float(rows["one vector per document"][4])

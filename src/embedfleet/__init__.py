@@ -5,6 +5,7 @@
 >>> ef(["foo"])          # one float32 vector per document
 >>> embedfleet.remote(ef, replicas=2)             # the same function on Ray actors
 >>> embedfleet.Job.from_toml("jobs/quickstart.toml").run()
+>>> embedfleet.chunk([long_text], ef, overlap=32)  # chunks that fit the model, with offsets
 """
 
 from embedfleet import embedding_functions, errors
@@ -42,6 +43,7 @@ from embedfleet.errors import (
 )
 from embedfleet.fleet import RemoteEmbeddingFunction, remote
 from embedfleet.job import Job, JobResult, JobSpec, read
+from embedfleet.job.chunking import Chunk, chunk
 from embedfleet.output_format import embeddings_table, write_parquet
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "BadRecordError",
     "BadRequestError",
     "BatchFailedError",
+    "Chunk",
     "ConfigError",
     "DestinationError",
     "Documents",
@@ -77,6 +80,7 @@ __all__ = [
     "TextTooLongError",
     "UnknownProviderError",
     "__version__",
+    "chunk",
     "embedding_functions",
     "embeddings_table",
     "errors",

@@ -43,6 +43,7 @@ from embedfleet.embedding_functions.batching import (
     deduplicate,
     enforce_limit,
 )
+from embedfleet.embedding_functions.token_counter import TokenCounter
 from embedfleet.errors import ConfigError, EmbeddingOutputError, InvalidInputError
 from embedfleet.tokens import estimate_tokens
 
@@ -202,10 +203,7 @@ class EmbeddingFunction(ABC):
         return self._embed_all(validate_documents(input), query=query)
 
     def embed_with_retries(self, input: Documents | str, **retry_kwargs: Any) -> Embeddings:
-        """Chroma protocol member: ``__call__`` under tenacity's ``retry(**retry_kwargs)``.
-
-        tenacity comes with chromadb, the only caller of this method.
-        """
+        """Chroma protocol member: ``__call__`` under tenacity's ``retry`` (from chromadb)."""
         from tenacity import retry
 
         return retry(**retry_kwargs)(self.__call__)(input)  # type: ignore[no-any-return]
@@ -238,6 +236,11 @@ class EmbeddingFunction(ABC):
         (:attr:`bills_per_token` providers override this). For everything else, an
         estimate that never undercounts, so a token budget still has a number."""
         return [estimate_tokens(text) for text in texts]
+
+    def token_counter(self) -> TokenCounter:
+        """How this function counts a text against its limit, for cutting texts to fit it:
+        :meth:`billed_tokens` against :meth:`max_tokens` unless a provider knows better."""
+        return TokenCounter.of(self.billed_tokens, self.max_tokens(), "a conservative estimate")
 
     def concurrent_batches(self) -> int:
         """Batches a fleet replica of this function serves at once: one for

@@ -18,6 +18,7 @@ import numpy as np
 
 from embedfleet.embedding_functions.base import DEFAULT_BATCH_SIZE, Documents, EmbeddingFunction
 from embedfleet.embedding_functions.registry import register
+from embedfleet.embedding_functions.token_counter import TokenCounter
 from embedfleet.errors import ConfigError
 
 __all__ = ["HashEmbeddingFunction"]
@@ -89,6 +90,12 @@ class HashEmbeddingFunction(EmbeddingFunction):
             return None
         prefix = self.query_prefix if query else ""
         return [len((prefix + text).split()) for text in texts]
+
+    def token_counter(self) -> TokenCounter:
+        """Whitespace tokens, as :meth:`token_lengths` counts them, against ``max_tokens``."""
+        return TokenCounter.of(
+            lambda texts: [len(text.split()) for text in texts], self._max_tokens, "words"
+        )
 
     def embed_batch(self, texts: Documents, *, query: bool = False) -> np.ndarray:
         self._inject_faults(texts)

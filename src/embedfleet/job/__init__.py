@@ -5,6 +5,7 @@ from embedfleet.job.result import JobResult
 from embedfleet.job.run import Job
 from embedfleet.job.spec import (
     BudgetSpec,
+    ChunkingSpec,
     EmbeddingSpec,
     FleetSpec,
     JobSpec,
@@ -15,6 +16,7 @@ from embedfleet.job.store import read
 
 __all__ = [
     "BudgetSpec",
+    "ChunkingSpec",
     "EmbeddingSpec",
     "FleetSpec",
     "Job",

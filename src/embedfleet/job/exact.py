@@ -8,7 +8,10 @@ its vectors), and sorts each row with the matching a run uses
 vector for), deleted, rejected, and the tokens of what would be sent to the model,
 counted with the provider's own counter as a run bills them. Nothing is embedded
 or written. It reads the whole source, so it is opt-in; files are read on a few
-threads at once (the reads wait on I/O).
+threads at once (the reads wait on I/O). With ``[chunking]`` the rows a run compares
+are chunks, so new, changed, unchanged, reused, deleted and ``to_embed`` count chunks
+(``chunked``), cut with the run's own chunker; ``records`` and ``rejected`` stay in
+documents.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import EmbedfleetError
 from embedfleet.job import incremental, sources
 from embedfleet.job.billing import billed_tokens
+from embedfleet.job.chunking import Chunker
 from embedfleet.job.records import add_kinds, count_kinds
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import SourceSpec
@@ -38,9 +42,12 @@ READ_THREADS = 8
 class ExactCounts:
     """What a run would do with every record of the source.
 
-    ``records = committed + rejected + new + changed + unchanged``; ``reused`` are new
-    or changed rows that cost nothing; ``to_embed = new + changed - reused``.
+    ``records = committed + rejected + new + changed + unchanged`` (rows are documents
+    unless ``chunked``: then the rows are chunks and the sum is over chunks); ``reused``
+    are new or changed rows that cost nothing; ``to_embed = new + changed - reused``.
     """
+
+    chunked: bool = False  # rows are chunks ([chunking]); records and rejected documents
 
     records: int = 0  # source records read (files that could be read)
     committed: int = 0  # rows of shards the resumed snapshot already committed
@@ -65,15 +72,19 @@ def count_exactly(
     counter: EmbeddingFunction,
     base_snapshot: Snapshot | None,
     committed: set[str],
+    chunker: Chunker | None = None,
 ) -> ExactCounts:
     """Read every shard (those in ``committed`` only for their ids) and count, against
-    the ids and hashes of ``base_snapshot`` (None: every row is new)."""
+    the ids and hashes of ``base_snapshot`` (None: every row is new); with a
+    ``chunker``, rows are each document's chunks, as a run cuts them."""
     base = incremental.build_index(base_snapshot) if base_snapshot is not None else None
-    counts = ExactCounts()
+    counts = ExactCounts(chunked=chunker is not None)
     present: list[pa.Array] = []
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(shards)))) as pool:
         tasks = [
-            pool.submit(_count_shard, shard, source, base, shard.shard_id in committed, counter)
+            pool.submit(
+                _count_shard, shard, source, base, shard.shard_id in committed, counter, chunker
+            )
             for shard in shards
         ]
         for shard, task in zip(shards, tasks, strict=True):
@@ -103,16 +114,24 @@ def _count_shard(
     base: incremental.BaseIndex | None,
     committed: bool,
     counter: EmbeddingFunction,
+    chunker: Chunker | None,
 ) -> tuple[ExactCounts, pa.Array]:
     """One shard's counts, and the ids it holds (rows and rejects, as a run keeps them)."""
     ids: list[str] = []
     texts: list[str] = []
     rejects = []
+    documents = 0
     for piece in sources.read_shard(shard, source):
-        ids += piece.ids
-        texts += piece.texts
+        documents += len(piece.ids)
         rejects += piece.rejects
-    counts = ExactCounts(records=len(ids) + len(rejects), rejected=len(rejects))
+        if chunker is None:
+            ids += piece.ids
+            texts += piece.texts
+            continue
+        for doc_id, chunks in zip(piece.ids, chunker.split(piece.texts), strict=True):
+            ids += [chunk.chunk_id(doc_id) for chunk in chunks]
+            texts += [chunk.text for chunk in chunks]
+    counts = ExactCounts(records=documents + len(rejects), rejected=len(rejects))
     counts.rejected_by_kind = count_kinds(rejects)
     present = pa.array(ids + [record.id for record in rejects], pa.string())
     if committed:

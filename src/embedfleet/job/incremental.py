@@ -190,8 +190,20 @@ def deleted(index: BaseIndex, snapshot: Snapshot) -> int:
     return index.rows - pc.sum(kept).as_py()
 
 
-def _ids(snapshot: Snapshot, folder: str | None = None) -> pa.Array:
-    """Ids of the snapshot's parts (or of its ``_rejects`` folder)."""
+def deleted_documents(base: Snapshot, snapshot: Snapshot) -> int:
+    """Chunking: documents of the base found neither in the new snapshot's parts nor in
+    its rejects (by ``doc_id``; the base's ids are its chunks')."""
+    documents = pc.unique(_ids(base, column="doc_id"))
+    if not len(documents):
+        return 0
+    present = pa.concat_arrays(
+        [_ids(snapshot, column="doc_id"), _ids(snapshot, REJECTS, column="doc_id")]
+    )
+    return len(documents) - pc.sum(pc.is_in(documents, value_set=present)).as_py()
+
+
+def _ids(snapshot: Snapshot, folder: str | None = None, column: str = "id") -> pa.Array:
+    """Ids (or another string ``column``) of the snapshot's parts or ``_rejects`` folder."""
     import pyarrow.dataset as ds
 
     snapshot.output.refresh()
@@ -199,5 +211,7 @@ def _ids(snapshot: Snapshot, folder: str | None = None) -> pa.Array:
     if folder and not snapshot.fs.exists(root):
         return pa.array([], pa.string())
     dataset = ds.dataset(root, format="parquet", filesystem=snapshot.fs)
-    ids = dataset.to_table(columns=["id"])["id"]
+    if column not in dataset.schema.names:
+        return pa.array([], pa.string())
+    ids = dataset.to_table(columns=[column])[column]
     return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())

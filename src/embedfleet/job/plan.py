@@ -19,9 +19,10 @@ from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import EmbedfleetError
 from embedfleet.job import sources
 from embedfleet.job.billing import billed_tokens
+from embedfleet.job.chunking import Chunker
 from embedfleet.job.exact import ExactCounts
 from embedfleet.job.sources import Shard
-from embedfleet.job.spec import SourceSpec
+from embedfleet.job.spec import JobSpec, SourceSpec, changed_settings
 from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
 
 PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
@@ -43,6 +44,7 @@ class JobPlan:
     base: str | None = None  # incremental: the snapshot unchanged rows are carried from
     up_to_date: bool = False  # the latest snapshot holds the source as listed now: no run
     exact: ExactCounts | None = None  # plan --exact: every record read and counted
+    estimated_chunks: int | None = None  # with [chunking]: rows the documents become
 
     @property
     def estimated_cost(self) -> float | None:
@@ -78,7 +80,12 @@ class JobPlan:
         ]
         if self.exact is None:
             rows += [
-                ("estimated rows", f"{self.estimated_rows:,}"),
+                ("estimated rows", f"{self.estimated_rows:,} documents"),
+                *(
+                    [("estimated chunks", f"{self.estimated_chunks:,}")]
+                    if self.estimated_chunks is not None
+                    else []
+                ),
                 ("estimated tokens", f"{self.estimated_tokens:,} ({self.token_basis})"),
                 ("estimated cost", pricing.format_cost(self.estimated_cost)),
             ]
@@ -108,6 +115,7 @@ class JobPlan:
             "fingerprint": self.fingerprint,
             "shards": len(self.shards),
             "estimated_rows": self.estimated_rows,
+            "estimated_chunks": self.estimated_chunks,
             "estimated_tokens": self.estimated_tokens,
             "token_basis": self.token_basis,
             "estimated_cost": self.estimated_cost,
@@ -128,16 +136,20 @@ class JobPlan:
 
 def _exact_rows(exact: ExactCounts, price: pricing.Price) -> list[tuple[str, object]]:
     kinds = ", ".join(f"{kind} {count:,}" for kind, count in exact.rejected_by_kind.items())
+    unit = " chunks" if exact.chunked else ""
     rows: list[tuple[str, object]] = [
         ("records read", f"{exact.records:,}"),
-        ("new", f"{exact.new:,}"),
-        ("changed", f"{exact.changed:,}"),
-        ("unchanged", f"{exact.unchanged:,} (carried over)"),
-        ("deleted", f"{exact.deleted:,}"),
+        ("new", f"{exact.new:,}{unit}"),
+        ("changed", f"{exact.changed:,}{unit}"),
+        ("unchanged", f"{exact.unchanged:,}{unit} (carried over)"),
+        ("deleted", f"{exact.deleted:,}{unit}"),
         ("reused", f"{exact.reused:,} (new or changed texts the base has a vector for)"),
         ("rejected", f"{exact.rejected:,}" + (f" ({kinds})" if kinds else "")),
         ("resumed rows", f"{exact.committed:,} (in shards already committed)"),
-        ("to embed", f"{exact.to_embed:,} rows, {exact.tokens:,} tokens"),
+        (
+            "to embed",
+            f"{exact.to_embed:,} {'chunks' if exact.chunked else 'rows'}, {exact.tokens:,} tokens",
+        ),
         ("cost", pricing.format_cost(price.cost(exact.tokens))),
     ]
     for file, error in sorted(exact.unreadable.items()):
@@ -155,13 +167,18 @@ class SnapshotChoice:
 
 
 def choose_snapshot(
-    output: OutputStore, mode: str, fingerprint: str, shards: list[Shard]
+    output: OutputStore,
+    mode: str,
+    fingerprint: str,
+    shards: list[Shard],
+    spec: JobSpec | None = None,
 ) -> SnapshotChoice:
     """``overwrite``: a new snapshot that embeds every row. ``update``: the newest
     unfinished snapshot newer than ``_latest`` if made with this fingerprint; else
     nothing when the latest snapshot is up to date; else a new snapshot carrying
     unchanged rows from the latest if made with this fingerprint, or embedding every
-    row (no complete snapshot yet, or the provider or config changed)."""
+    row (no complete snapshot yet, or the provider, its config, the template or the
+    chunking changed: ``spec``, the job's, lets a note say which)."""
     if mode == "overwrite":
         return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every row again")
     latest = output.latest()
@@ -184,14 +201,19 @@ def choose_snapshot(
                 note += f" (unchanged rows carried from {SNAPSHOTS}/{base})"
             return SnapshotChoice(newest.run_id, committed, note, base)
         left = (
-            f"the unfinished {newest.relative} was made with another provider or config "
-            "and is left as it is; "
+            f"the unfinished {newest.relative} was made with other settings "
+            f"({_what_changed(info, spec)}) and is left as it is; "
         )
-    return _from_latest(output, fingerprint, latest, shards, left)
+    return _from_latest(output, fingerprint, latest, shards, left, spec)
 
 
 def _from_latest(
-    output: OutputStore, fingerprint: str, latest: str | None, shards: list[Shard], left: str
+    output: OutputStore,
+    fingerprint: str,
+    latest: str | None,
+    shards: list[Shard],
+    left: str,
+    spec: JobSpec | None,
 ) -> SnapshotChoice:
     """A new snapshot of an ``update`` run, and what it carries unchanged rows from."""
     if latest is None:
@@ -201,7 +223,7 @@ def _from_latest(
     info = snapshot.run_info() or {}
     if info.get("fingerprint") != fingerprint:
         note = (
-            f"the embedding function or its config changed since {SNAPSHOTS}/{latest} "
+            f"{_what_changed(info, spec)} changed since {SNAPSHOTS}/{latest} "
             f"(fingerprint {info.get('fingerprint')} -> {fingerprint}): every row is "
             "re-embedded (full re-embed)"
         )
@@ -219,6 +241,12 @@ def _from_latest(
         "in the source are dropped"
     )
     return SnapshotChoice(None, 0, left + note, latest)
+
+
+def _what_changed(info: dict[str, Any], spec: JobSpec | None) -> str:
+    """The settings that changed since a snapshot's ``_run.json``, or the function."""
+    changes = changed_settings(info.get("spec") or {}, spec) if spec is not None else []
+    return "; ".join(changes) if changes else "the embedding function or its config"
 
 
 def _holds_the_source(markers: dict[str, ShardMarker], shards: list[Shard]) -> bool:
@@ -241,43 +269,56 @@ def still_committed(markers: dict[str, ShardMarker], shards: list[Shard]) -> dic
 
 
 def estimate_tokens(
-    shards: list[Shard], source: SourceSpec, counter: EmbeddingFunction
-) -> tuple[int, str]:
-    """Tokens of every shard, and how they were found.
+    shards: list[Shard],
+    source: SourceSpec,
+    counter: EmbeddingFunction,
+    chunker: Chunker | None = None,
+) -> tuple[int, str, int | None]:
+    """Tokens of every shard, how they were found, and (with a ``chunker``) the chunks.
 
     Small datasets are read whole and counted. Larger ones are sampled: up to
     ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
     over the dataset, scaled by the planned row count (an estimate, and said so).
+    Texts are what a run embeds: templates rendered, documents cut into chunks.
     """
     if not shards:
-        return 0, "no rows"
+        return 0, "no rows", 0 if chunker else None
     picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
     per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
-    rows = counted = 0
+    rows = counted = chunks = 0
     whole = len(picks) == len(shards)
     for index in picks:
         try:
-            shard_rows, shard_tokens, complete = _sample(shards[index], source, counter, per_shard)
+            found = _sample(shards[index], source, counter, per_shard, chunker)
         except (EmbedfleetError, OSError):  # fails when run, naming the file
             whole = False
             continue
-        rows, counted, whole = rows + shard_rows, counted + shard_tokens, whole and complete
+        rows, counted, chunks = rows + found[0], counted + found[1], chunks + found[2]
+        whole = whole and found[3]
     if whole:
-        return counted, f"counted over all {rows:,} rows"
+        return counted, f"counted over all {rows:,} rows", chunks if chunker else None
     if not rows:  # a token is at least one byte of UTF-8
         upper = sum(shard.estimated_bytes for shard in shards)
-        return upper, "upper bound from text bytes (no rows could be sampled)"
+        return upper, "upper bound from text bytes (no rows could be sampled)", None
     total_rows = max(rows, sum(shard.estimated_rows for shard in shards))
-    return math.ceil(counted * total_rows / rows), (
+    scaled_chunks = math.ceil(chunks * total_rows / rows) if chunker else None
+    return (
+        math.ceil(counted * total_rows / rows),
         f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
-        f"scaled to ~{total_rows:,} rows"
+        f"scaled to ~{total_rows:,} rows",
+        scaled_chunks,
     )
 
 
 def _sample(
-    shard: Shard, source: SourceSpec, counter: EmbeddingFunction, limit: int
-) -> tuple[int, int, bool]:
-    """(rows read, their tokens, whether that was the whole shard)."""
+    shard: Shard,
+    source: SourceSpec,
+    counter: EmbeddingFunction,
+    limit: int,
+    chunker: Chunker | None,
+) -> tuple[int, int, int, bool]:
+    """(records read, their tokens, the rows they become, whether that was the whole
+    shard)."""
     rows, texts = 0, []
     stream = sources.read_shard(shard, source, batch_rows=min(limit, 2048))
     try:
@@ -285,10 +326,19 @@ def _sample(
             rows += piece.records
             texts += piece.texts
             if rows >= limit:
-                return rows, billed_tokens(counter, texts), False
+                return rows, *_count(texts, counter, chunker), False
     finally:
         stream.close()
-    return rows, billed_tokens(counter, texts), True
+    return rows, *_count(texts, counter, chunker), True
+
+
+def _count(
+    texts: list[str], counter: EmbeddingFunction, chunker: Chunker | None
+) -> tuple[int, int]:
+    """Billed tokens of what ``texts`` are embedded as, and how many rows that is."""
+    if chunker is not None:
+        texts = [chunk.text for found in chunker.split(texts) for chunk in found]
+    return billed_tokens(counter, texts), len(texts)
 
 
 def _spread(count: int, picks: int) -> list[int]:

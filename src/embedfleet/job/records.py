@@ -15,7 +15,13 @@ embedded is a :class:`BadRecord` with a ``kind`` that tells the cases apart::
     empty_text           the text is ""
     blank_text           the text is whitespace only
     not_a_string         the text is a number, a list, an object, bytes ...
+    unformattable_field  a [source] template field whose format spec the value does not take
     refused_by_provider  the provider refused the text as bad input (HTTP 400)
+
+With a ``[source] template``, a missing or null template field is a ``missing_text`` /
+``null_text`` reject whose reason names the field. With ``[chunking]``, a row of
+``_rejects/`` is a document (or, refused by the provider, one of its chunks), and
+``doc_id`` names its document.
 
 and where it is (:class:`Where`): the 1-based line in the file where that is cheap
 to know (whole files, and the first byte range of a split file), else, in a byte
@@ -54,12 +60,14 @@ REJECT_KINDS = (
     "empty_text",
     "blank_text",
     "not_a_string",
+    "unformattable_field",
     "refused_by_provider",
 )
 
 REJECTS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("doc_id", pa.string()),
         ("kind", pa.string()),
         ("reason", pa.string()),
         ("file", pa.string()),
@@ -116,6 +124,7 @@ class BadRecord:
     kind: str  # one of REJECT_KINDS
     reason: str  # for people
     where: Where
+    doc_id: str | None = None  # the document a rejected chunk is of (None: ``id`` itself)
 
 
 class RecordProblem(Exception):
@@ -216,6 +225,7 @@ def rejects_table(file: str, records: Iterable[BadRecord]) -> pa.Table:
     ordered = sorted(records, key=lambda record: record.where.sort_key())
     columns: dict[str, list[Any]] = {
         "id": [record.id for record in ordered],
+        "doc_id": [record.doc_id or record.id for record in ordered],
         "kind": [record.kind for record in ordered],
         "reason": [record.reason for record in ordered],
         "file": [file] * len(ordered),

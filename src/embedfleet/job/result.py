@@ -9,7 +9,9 @@ A shard that fails is recorded with its error and what a user should do about
 it (``FAILURE_ADVICE``): a file that cannot be read must be fixed or removed; a
 bad record with ``on_bad_record = "error"`` fixed or rejected; a refused key or
 config corrected; anything else (a provider down, a replica lost) is retried by
-re-running, which embeds only the failed shards.
+re-running, which embeds only the failed shards. Rows are documents; with
+``[chunking]`` the ``chunks_*`` counts beside them say what happened to the documents'
+chunks (the rows of the parts).
 """
 
 from __future__ import annotations
@@ -62,7 +64,14 @@ class JobResult:
     resumed: int = 0  # rows in shards committed by an earlier, interrupted run
     carried_over: int = 0  # incremental: unchanged rows whose vectors came from the base
     reused: int = 0  # incremental: rows whose text had a vector under another id in the base
-    deleted: int = 0  # incremental: ids of the base no longer in the source
+    deleted: int = 0  # incremental: ids (documents) of the base no longer in the source
+    chunks_embedded: int = 0  # chunking: chunks (rows of the parts) by what happened to them
+    chunks_carried: int = 0
+    chunks_reused: int = 0
+    chunks_rejected: int = 0  # refused by the provider (empty documents have no chunks)
+    chunks_resumed: int = 0
+    chunks_deleted: int = 0  # incremental: chunk ids of the base in no part any more
+    chunked: bool = False  # the job has [chunking]: the chunks_* counts mean something
     shards: int = 0
     shards_skipped: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard id -> error
@@ -147,6 +156,7 @@ class JobResult:
             ("deleted", self.deleted),
             ("resumed", f"{self.resumed} (rows committed by an earlier attempt)"),
             ("rejected", rejected),
+            *([("chunks", self.chunk_summary())] if self.chunked else []),
             ("shards", f"{self.shards} ({self.shards_skipped} already committed)"),
             ("failed shards", len(self.failed_shards)),
             ("tokens", f"{self.tokens:,} this run (plan estimated {self.estimated_tokens:,})"),
@@ -175,11 +185,21 @@ class JobResult:
             lines.append(f"{count} of {files} failed: {advice}")
         return lines
 
+    def chunk_summary(self) -> str:
+        """With chunking, what happened to the chunks (the other counts are documents)."""
+        return (
+            f"{self.chunks_embedded} embedded, {self.chunks_carried} carried over, "
+            f"{self.chunks_reused} reused, {self.chunks_deleted} deleted, "
+            f"{self.chunks_resumed} resumed, {self.chunks_rejected} refused"
+        )
+
     def count_resumed(self, marker: ShardMarker) -> None:
-        """A shard an earlier run committed: its rows, none of its tokens."""
-        self.resumed += marker.vector_rows
+        """A shard an earlier run committed: its documents, none of its tokens."""
+        self.resumed += marker.embedded + marker.carried + marker.reused
         self._count_rejects(marker)
         self.rows_read += marker.rows
+        if marker.chunks is not None:
+            self.chunks_resumed += marker.vector_rows
 
     def count_committed(self, marker: ShardMarker) -> None:
         """A shard this run committed."""
@@ -191,6 +211,9 @@ class JobResult:
         self.tokens += marker.tokens
         self.model_tokens += marker.model_tokens
         self.padded_tokens += marker.padded_tokens
+        for kind in ("embedded", "carried", "reused", "rejected"):
+            count = (marker.chunks or {}).get(kind, 0)
+            setattr(self, f"chunks_{kind}", getattr(self, f"chunks_{kind}") + count)
 
     def count_failed(self, shard_id: str, relative_path: str, message: str, kind: str) -> None:
         """A shard that failed: nothing of it is counted, its error and advice are kept."""

@@ -33,6 +33,7 @@ from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError
 from embedfleet.job import incremental, sources
+from embedfleet.job.embed_rows import chunker_for
 from embedfleet.job.exact import count_exactly
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
@@ -84,17 +85,23 @@ class Job:
         every record and the base's ids and hashes, and count (``exact.py``)."""
         price, limit = self.budget()
         shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        choice = choose_snapshot(self.output, self.spec.output.policy, self.fingerprint, shards)
-        estimated_tokens, basis = 0, "up to date: nothing to embed"
+        choice = choose_snapshot(
+            self.output, self.spec.output.policy, self.fingerprint, shards, self.spec
+        )
+        chunker = chunker_for(self.spec, self.function)  # a bad [chunking] fails here
+        tokens, basis, chunks = 0, "up to date: nothing to embed", None
         if not choice.up_to_date:
-            estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
+            tokens, basis, chunks = estimate_tokens(
+                shards, self.spec.source, self.function, chunker
+            )
         if choice.base is not None and not choice.up_to_date:
             basis += "; an upper bound: this run embeds only new and changed rows"
         plan = JobPlan(
             fingerprint=self.fingerprint,
             shards=shards,
             estimated_rows=sum(shard.estimated_rows for shard in shards),
-            estimated_tokens=estimated_tokens,
+            estimated_tokens=tokens,
+            estimated_chunks=chunks,
             snapshot=choice.snapshot,
             committed=choice.committed,
             note=choice.note,
@@ -108,7 +115,9 @@ class Job:
             done = self.output.snapshot(choice.snapshot).commits() if choice.snapshot else {}
             base = self.output.snapshot(choice.base) if choice.base else None
             committed = set(still_committed(done, shards))
-            plan.exact = count_exactly(shards, self.spec.source, self.function, base, committed)
+            plan.exact = count_exactly(
+                shards, self.spec.source, self.function, base, committed, chunker
+            )
         return plan
 
     def run(
@@ -154,6 +163,7 @@ class Job:
             shards_skipped=len(plan.shards) - len(todo),
             estimated_tokens=plan.estimated_tokens,
             token_limit=plan.token_limit,
+            chunked=self.spec.chunking is not None,
         )
         for marker in committed.values():
             result.count_resumed(marker)
@@ -286,6 +296,10 @@ class Job:
         total_tokens = sum(marker.tokens for marker in markers)
         if run.base is not None:
             result.deleted = incremental.deleted(run.base, snapshot)
+            if self.spec.chunking is not None:  # base ids are chunks: count documents apart
+                result.chunks_deleted = result.deleted
+                base = self.output.snapshot(run.base.run_id)
+                result.deleted = incremental.deleted_documents(base, snapshot)
         snapshot.finish(
             {
                 "fingerprint": self.fingerprint,
@@ -303,6 +317,7 @@ class Job:
                 "tokens": total_tokens,
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
+                **({"chunks": _chunk_totals(markers, result)} if self.spec.chunking else {}),
             }
         )
         result.complete = True
@@ -326,3 +341,12 @@ class Job:
                 f"id column {self.spec.source.id_column!r} has duplicate values across "
                 f"files: {sorted(map(str, duplicates))[:10]}"
             )
+
+
+def _chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, int]:
+    """The manifest's chunk counts (the rows of the parts), beside its document counts."""
+    totals = {
+        kind: sum((marker.chunks or {}).get(kind, 0) for marker in markers)
+        for kind in ("rows", "embedded", "carried", "reused", "rejected")
+    }
+    return {**totals, "deleted": result.chunks_deleted}

@@ -8,11 +8,13 @@ part without its marker does not exist). It reserves no CPU: reading and writing
 wait on I/O, and the fleet's replicas own the cores, so ``replicas = 2,
 num_cpus = 1`` on a 2-CPU machine cannot deadlock.
 
-Nothing disappears silently: every source record is a row of the part or of
-``_rejects/`` (``records.py``: invalid JSON or UTF-8, a wrong CSV field count, a
-missing, null, empty, blank or non-string text, a bad id, a row the provider
-refuses as bad input), with its kind, reason and place in the file; the marker
-counts them, so records read = embedded + carried + reused + rejected.
+Between reading and embedding, :mod:`.embed_rows` turns documents into the rows to
+embed (with ``[chunking]``, each document's chunks). Nothing disappears silently:
+every source record is in the part or in ``_rejects/`` (``records.py``: invalid JSON
+or UTF-8, a wrong CSV field count, a missing, null, empty, blank or non-string text or
+template field, a bad id, a row the provider refuses as bad input), with its kind,
+reason and place in the file; the marker counts them in documents, so records read =
+embedded + carried + reused + rejected, with chunks counted beside them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import pyarrow.parquet as pq
 
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import BadRequestError, EmbedfleetError
-from embedfleet.job import incremental, sources
+from embedfleet.job import incremental
 from embedfleet.job.billing import billed_tokens
-from embedfleet.job.records import BadRecord, Where, count_kinds, rejects_table
+from embedfleet.job.embed_rows import RowsToEmbed, chunker_for, document_counts, read_rows
+from embedfleet.job.records import BadRecord, add_kinds, count_kinds, rejects_table
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot
@@ -69,20 +72,10 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     """
     spec, fleet, base = context.spec, context.fleet, context.base
     started = time.perf_counter()
-    ids: list[str] = []
-    texts: list[str] = []
-    wheres: list[Where] = []
-    columns: dict[str, list[Any]] = {name: [] for name in spec.source.columns}
-    rejects: list[BadRecord] = []
-    rows = 0
-    for piece in sources.read_shard(shard, spec.source):
-        rows += piece.records
-        ids += piece.ids
-        texts += piece.texts
-        wheres += piece.wheres
-        rejects += piece.rejects
-        for name in columns:
-            columns[name] += piece.columns[name]
+    # documents -> rows to embed: rejects set apart, chunks (job/embed_rows.py)
+    rows = read_rows(shard, spec, chunker_for(spec, context.function))
+    ids, texts, wheres, columns = rows.ids, rows.texts, rows.wheres, rows.columns
+    rejects: list[BadRecord] = rows.rejects
     read_done = time.perf_counter()
     output = OutputStore(spec.output.uri, spec.output.storage_options)
     snapshot = output.snapshot(context.run_id)
@@ -104,13 +97,12 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         unit=shard.unit,
         start=shard.start,
         end=shard.end,
-        rows=rows,
+        rows=rows.records,
         characters=sum(len(texts[i]) for i in to_embed),
         tokens=shard_tokens,
-        carried=matches.count(incremental.CARRY) if matches else 0,
-        reused=matches.count(incremental.REUSE) if matches else 0,
         read_seconds=round(read_done - started, 3),
     )
+    marker = _counted(marker, rows, matches, {}, spec.chunking is not None)
     if base is not None and matches is not None and not rejects:
         part = incremental.whole_part(matches, base)
         base_snapshot = output.snapshot(base.run_id)
@@ -135,15 +127,17 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         for position, vector in zip(taken.tolist(), old, strict=True):
             vectors[position] = vector
     refused = {to_embed[index]: reason for index, reason in refused.items()}
+    marker = _counted(marker, rows, matches, refused, spec.chunking is not None)
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
         for index, reason in sorted(refused.items()):
-            rejects.append(BadRecord(ids[index], "refused_by_provider", reason, wheres[index]))
+            doc_id = rows.doc_ids[index]
+            rejects.append(
+                BadRecord(ids[index], "refused_by_provider", reason, wheres[index], doc_id)
+            )
         ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
     embed_done = time.perf_counter()
-    if spec.output.keep_text:  # [output] keep_text: the text rides with its vector
-        columns = {"text": texts, **columns}
     part = (
         embeddings_table(ids, texts, vectors, columns=columns, metadata=context.metadata)
         if texts
@@ -151,9 +145,6 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     )
     marker = replace(
         marker,
-        embedded=len(to_embed) - len(refused),
-        rejected=len(rejects),
-        reject_kinds=count_kinds(rejects),
         embed_seconds=round(embed_done - read_done, 3),
         model_tokens=fleet.stats.tokens - counted_before[0],  # as the model counted them
         padded_tokens=fleet.stats.padded_tokens - counted_before[1],
@@ -184,6 +175,41 @@ def embed_or_isolate(
     right, right_refused = embed_or_isolate(function, texts[middle:])
     refused = {**left_refused, **{middle + index: why for index, why in right_refused.items()}}
     return left + right, refused
+
+
+def _counted(
+    marker: ShardMarker,
+    rows: RowsToEmbed,
+    matches: incremental.Matches | None,
+    refused: dict[int, str],
+    chunking: bool,
+) -> ShardMarker:
+    """The marker with the shard's counts in documents (embedded, carried, reused, and
+    rejected: records set apart when read, and documents with a row the provider
+    refused) and, with chunking, its rows (chunks) by kind beside them."""
+    kinds = matches.kinds if matches is not None else None
+    documents = document_counts(rows.doc_ids, kinds, refused)
+    chunks = None
+    if chunking:
+        carried = int((kinds == incremental.CARRY).sum()) if kinds is not None else 0
+        reused = int((kinds == incremental.REUSE).sum()) if kinds is not None else 0
+        chunks = {
+            "rows": len(rows.ids),
+            "embedded": len(rows.ids) - carried - reused - len(refused),
+            "carried": carried,
+            "reused": reused,
+            "rejected": len(refused),
+        }
+    refusals = {"refused_by_provider": documents["rejected"]} if documents["rejected"] else {}
+    return replace(
+        marker,
+        embedded=documents["embedded"],
+        carried=documents["carried"],
+        reused=documents["reused"],
+        rejected=len(rows.rejects) + documents["rejected"],
+        reject_kinds=add_kinds(count_kinds(rows.rejects), refusals),
+        chunks=chunks,
+    )
 
 
 def _same_columns(

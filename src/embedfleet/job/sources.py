@@ -47,6 +47,7 @@ from embedfleet.errors import BadRecordError, ConfigError, MissingDependencyErro
 from embedfleet.job import formats, readers
 from embedfleet.job.records import MISSING, BadRecord, RecordProblem, Where, check_id, check_text
 from embedfleet.job.spec import SourceSpec
+from embedfleet.job.templates import Template
 
 GLOB_CHARS = "*?["
 COMPRESSED_GROWTH = 4  # rough decompressed/compressed ratio, for estimates only
@@ -121,7 +122,7 @@ def plan(source: SourceSpec, rows_per_shard: int) -> list[Shard]:
             footer = formats.parquet_footer(file.uri, source.storage_options)
             if footer is not None and "parquet" not in checked:
                 _check_columns(file, footer.schema.to_arrow_schema().names, wanted, checked)
-            shards += _parquet_shards(file, footer, rows_per_shard, source.text_column)
+            shards += _parquet_shards(file, footer, rows_per_shard, _text_columns(source))
             continue
         if file.format in ("jsonl", "csv") and file.format not in checked:
             found = readers.first_record_columns(
@@ -210,14 +211,19 @@ def read_shard(shard: Shard, source: SourceSpec, batch_rows: int = 2048) -> Iter
 
 
 def _wanted_columns(source: SourceSpec, fmts: set[str]) -> list[str]:
-    """Text column first, then the id column and passthrough columns, without repeats."""
-    if fmts & {"text", "text_file"} and (source.id_column or source.columns):
+    """Text column (or the template's fields) first, then the id column and passthrough
+    columns, without repeats."""
+    if fmts & {"text", "text_file"} and (source.id_column or source.columns or source.template):
         raise ConfigError(
-            "source formats text and text_file have no columns: leave source.id_column and "
-            "source.columns unset (ids are derived from the file path)"
+            "source formats text and text_file have no columns: leave source.id_column, "
+            "source.columns and source.template unset (ids are derived from the file path)"
         )
-    names = [source.text_column, source.id_column or source.text_column, *source.columns]
-    return list(dict.fromkeys(names))
+    texts = list(source.template_fields()) or [source.text_column]
+    return list(dict.fromkeys([*texts, source.id_column or texts[0], *source.columns]))
+
+
+def _text_columns(source: SourceSpec) -> set[str]:
+    return set(source.template_fields()) or {source.text_column}
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -254,7 +260,9 @@ def _shard(
     )
 
 
-def _parquet_shards(file: _File, footer: Any, rows_per_shard: int, text_column: str) -> list[Shard]:
+def _parquet_shards(
+    file: _File, footer: Any, rows_per_shard: int, text_columns: set[str]
+) -> list[Shard]:
     """Consecutive whole row groups, up to ``rows_per_shard`` rows each."""
     if footer is None:
         return [_shard(file, "file", (0, 1), 0, file.size or 0)]
@@ -270,7 +278,7 @@ def _parquet_shards(file: _File, footer: Any, rows_per_shard: int, text_column: 
         nbytes += sum(
             group.column(j).total_uncompressed_size
             for j in range(group.num_columns)
-            if group.column(j).path_in_schema.split(".")[0] == text_column
+            if group.column(j).path_in_schema.split(".")[0] in text_columns
         )
     if rows:
         shards.append(
@@ -363,7 +371,8 @@ def _shard_rows(
     """Rows with a valid id and text; the other records rejected, with their id where it
     can be read (else the derived one). Ids that can be read are checked for duplicates."""
     rows = ShardRows([], [], {name: [] for name in source.columns}, [], list(batch.bad))
-    texts = batch.columns[source.text_column]
+    template = Template.parse(source.template) if source.template is not None else None
+    texts = batch.columns[source.text_column] if template is None else []
     given = batch.columns[source.id_column] if source.id_column is not None else None
     read_ids: list[str] = []
     for position, derived in enumerate(batch.ids):
@@ -372,7 +381,11 @@ def _shard_rows(
             if given is not None:
                 row_id = check_id(given[position], source.id_column or "")
                 read_ids.append(row_id)
-            text = check_text(texts[position], source.text_column)
+            if template is None:
+                text = check_text(texts[position], source.text_column)
+            else:  # the text is the template rendered from the record's fields
+                fields = {name: batch.columns[name][position] for name in template.fields}
+                text = template.render_record(fields)
         except RecordProblem as problem:
             where = batch.wheres[position]
             rows.rejects.append(BadRecord(row_id, problem.kind, problem.reason, where))

@@ -2,7 +2,7 @@
 
 The TOML shape is the contract users and scripts rely on::
 
-    [source]      uri, format, text_column, id_column, columns, on_bad_record,
+    [source]      uri, format, text_column, template, id_column, columns, on_bad_record,
                   storage_options
                   (on_empty: the old name of on_bad_record, still read)
     [embedding]   provider, [embedding.config]
@@ -12,6 +12,7 @@ The TOML shape is the contract users and scripts rely on::
     [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
     [[destination]]  kind, collection / table, ... (zero or more; see
                   :mod:`embedfleet.destinations.spec`)
+    [chunking]    max_tokens, overlap, markdown   (absent: one vector per row)
 
 Every option the job layer has is a key here; command-line flags override.
 
@@ -48,11 +49,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from embedfleet.destinations.spec import DestinationSpec
 from embedfleet.errors import ConfigError
+from embedfleet.job.chunking import CHUNKER_VERSION
+from embedfleet.job.templates import Template
+from embedfleet.job.toml_dataclasses import build_dataclass
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +69,9 @@ FORMATS = ("parquet", "jsonl", "csv", "text", "text_file")
 ON_BAD_RECORD = ("reject", "error")
 MODES = ("update", "overwrite")  # what output.mode means; MODE_ALIASES are older names
 MODE_ALIASES = {"incremental": "update", "resume": "update"}
+#: A chunk row's columns after ``content_hash`` (``chunk_start``/``chunk_end``: offsets
+#: into the document's text, so ``text[chunk_start:chunk_end]`` is the chunk).
+CHUNK_COLUMNS = ("doc_id", "chunk_index", "chunk_start", "chunk_end")
 
 
 @dataclass
@@ -78,6 +84,7 @@ class SourceSpec:
     on_bad_record: str | None = None  # "reject" (None: the default) | "error"
     on_empty: str | None = None  # the old name of on_bad_record
     storage_options: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None  # "{title}\n\n{body}": the text from these columns
 
     @property
     def bad_record_policy(self) -> str:
@@ -96,6 +103,11 @@ class SourceSpec:
         reserved = {"id", "embedding", "content_hash"} & set(self.columns)
         if reserved:
             raise ConfigError(f"source.columns cannot include output columns {sorted(reserved)}")
+        self.template_fields()
+
+    def template_fields(self) -> tuple[str, ...]:
+        """The columns ``template`` names (none without a template)."""
+        return () if self.template is None else Template.parse(self.template).fields
 
     def _check_on_empty(self) -> None:
         """``on_empty`` (null and empty texts) became ``on_bad_record`` (every record that
@@ -109,6 +121,26 @@ class SourceSpec:
             raise ConfigError(
                 f"source.on_empty = {self.on_empty!r} disagrees with source.on_bad_record = "
                 f"{self.on_bad_record!r}: on_empty is the old name of on_bad_record; remove it"
+            )
+
+
+@dataclass
+class ChunkingSpec:
+    """``[chunking]``: one row per chunk of each document (see job/chunking.py)."""
+
+    max_tokens: int | None = None  # a chunk's own tokens; None: all the model reads
+    overlap: int = 0  # tokens a chunk repeats from the end of the one before
+    markdown: bool = False  # keep headings and code blocks whole where they fit
+
+    def check(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"chunking.max_tokens must be positive, got {self.max_tokens}")
+        if self.overlap < 0:
+            raise ConfigError(f"chunking.overlap must be 0 or more, got {self.overlap}")
+        if self.max_tokens is not None and self.overlap > self.max_tokens // 2:
+            raise ConfigError(
+                f"chunking.overlap ({self.overlap}) must be at most half of chunking.max_tokens "
+                f"({self.max_tokens})"
             )
 
 
@@ -142,7 +174,7 @@ class OutputSpec:
     rows_per_shard: int = 10_000
     mode: str = "update"  # see the module docstring
     keep_snapshots: int = 3
-    keep_text: bool = False  # part files carry the embedded text as a ``text`` column
+    keep_text: bool = False  # a ``text`` column: the text each vector was made from
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -202,6 +234,7 @@ class JobSpec:
     fleet: FleetSpec = field(default_factory=FleetSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     destination: list[DestinationSpec] = field(default_factory=list)  # [[destination]]
+    chunking: ChunkingSpec | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobSpec:
@@ -223,7 +256,7 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "spec") -> JobSpec:
-        spec = _build(cls, data, "", where)
+        spec = build_dataclass(cls, data, "", where)
         spec.check()
         if spec.source.on_empty is not None:
             logger.warning(
@@ -245,8 +278,11 @@ class JobSpec:
         self.fleet.check()
         self.output.check()
         self.budget.check()
-        if self.output.keep_text and "text" in self.source.columns:
-            raise ConfigError("source.columns cannot include 'text' with output.keep_text")
+        if self.chunking is not None:
+            self.chunking.check()
+        taken = set(self.source.columns) & set(self.output_columns())
+        if taken:
+            raise ConfigError(f"source.columns cannot include output columns {sorted(taken)}")
         labels = [destination.label for destination in self.destination]
         for index, destination in enumerate(self.destination):
             destination.check(where=f"destination[{index}]")
@@ -255,6 +291,17 @@ class JobSpec:
                     f"destination[{index}]: two destinations are named {destination.label!r}; "
                     "give each a distinct name"
                 )
+
+    def output_columns(self) -> tuple[str, ...]:
+        """The columns a part has besides its passthrough columns, in order."""
+        chunks = CHUNK_COLUMNS if self.chunking is not None else ()
+        return (
+            "id",
+            "embedding",
+            "content_hash",
+            *chunks,
+            *(("text",) if self.output.keep_text else ()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -274,90 +321,48 @@ class JobSpec:
     def fingerprint(self, provider_name: str, provider_config: dict[str, Any]) -> str:
         """What decides whether two runs produce interchangeable vectors.
 
-        The embedding provider and its config, and the source's text and id
-        columns: changing any of them means a snapshot cannot be resumed into.
+        The embedding provider and its config, the source's text and id columns, and,
+        where set, the template, the chunking and ``keep_text``: changing any of them
+        means a snapshot cannot be resumed into (an incremental run re-embeds all).
         """
-        identity = {
+        identity: dict[str, Any] = {
             "provider": provider_name,
             "config": provider_config,
             "text_column": self.source.text_column,
             "id_column": self.source.id_column,
             "columns": self.source.columns,
         }
-        if self.output.keep_text:  # parts with a text column differ (absent: as before)
+        if self.source.template is not None:
+            identity["template"] = self.source.template
+        if self.chunking is not None:
+            identity["chunking"] = {**dataclasses.asdict(self.chunking), "version": CHUNKER_VERSION}
+        if self.output.keep_text:
             identity["keep_text"] = True
         blob = json.dumps(identity, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def changed_settings(recorded: dict[str, Any], spec: JobSpec) -> list[str]:
+    """Which of the settings the fingerprint holds (besides the embedding function) differ
+    between a snapshot's recorded spec and ``spec``, each as "key: old -> new"."""
+    current = spec.to_public_dict()
+    keys = [("chunking",), ("source", "template"), ("source", "text_column")]
+    keys += [("source", "id_column"), ("source", "columns"), ("output", "keep_text")]
+    changes = []
+    for path in keys:
+        old, new = _dig(recorded, path), _dig(current, path)
+        if old != new:
+            changes.append(f"{'.'.join(path)}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
+
+
+def _dig(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _resolve_local(uri: str, base: Path) -> str:
     if "://" in uri or uri.startswith("/"):
         return uri
     return str(base / uri)
-
-
-def _build(cls: type, data: Any, prefix: str, origin: str) -> Any:
-    """Instantiate a dataclass from a dict, naming unknown keys and wrong types."""
-    where = f"{origin}: {prefix or 'top level'}"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    fields = {item.name: item for item in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{origin}: unknown key {key!r} (known here: {', '.join(fields)})")
-    values = {
-        name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name, origin)
-        for name, value in data.items()
-    }
-    for name, item in fields.items():
-        required = (
-            item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-        )
-        if required and name not in values:
-            key = f"{prefix}.{name}" if prefix else f"[{name}]"
-            raise ConfigError(f"{origin}: missing required key {key!r}")
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, key: str, origin: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, origin)
-    wrong = ConfigError(
-        f"{origin}: {key}: expected {_name(hint)}, got {type(value).__name__} {value!r}"
-    )
-    origin_type = get_origin(hint)
-    if origin_type in (Union, UnionType):
-        if value is None and type(None) in get_args(hint):
-            return None
-        for option in get_args(hint):
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, key, origin)
-            except ConfigError:
-                continue
-        raise wrong
-    if origin_type is list:
-        (item_type,) = get_args(hint)
-        if not isinstance(value, list):
-            raise wrong
-        return [_convert(item_type, item, f"{key}[{i}]", origin) for i, item in enumerate(value)]
-    if origin_type is dict:
-        if not isinstance(value, dict):
-            raise wrong
-        return dict(value)
-    if hint is Any:
-        return value
-    if isinstance(value, bool) and hint is not bool:
-        raise wrong
-    if hint is float and isinstance(value, int):
-        return float(value)
-    if isinstance(value, hint):
-        return value
-    raise wrong
-
-
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))

@@ -9,7 +9,7 @@
         _run.json                  run id, fingerprint, planned shards, what made the vectors
         part-<shard-id>.parquet    one per shard
         _commits/<shard-id>.json   per-shard commit marker, written after its part
-        _rejects/<shard-id>.parquet  records not embedded: id, kind, reason, where (records.py)
+        _rejects/<shard-id>.parquet  records not embedded: id, doc_id, kind, reason, where
         _manifest.json             rolled up from the markers when every shard committed
 
 A part without its commit marker does not exist for resume. Files are written
@@ -18,9 +18,8 @@ local disks, a single put on object stores, so readers never see half a file.
 Names starting with ``_`` are skipped by pyarrow datasets and by
 ``*.parquet`` globs, so a snapshot directory reads as a plain Parquet dataset.
 
-Markers are read and written here only, as :class:`ShardMarker`: the runner, the
-plan and ``embedfleet status`` all see the same typed record, and a marker written
-before a field existed reads with that field's default.
+Markers are read and written here only, as :class:`ShardMarker` (the runner, the plan
+and ``embedfleet status`` see one typed record; a field a marker lacks reads as default).
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +39,7 @@ import pyarrow as pa
 
 from embedfleet.atomic_files import copy_atomically, write_bytes_atomically
 from embedfleet.errors import ConfigError, LockedError
+from embedfleet.job.markers import ShardMarker
 from embedfleet.output_format import parquet_bytes
 
 LATEST = "_latest"
@@ -66,65 +66,6 @@ class OutputLock:
     host: str
     pid: int
     expires: float
-
-
-@dataclass(frozen=True)
-class ShardMarker:
-    """A shard's commit marker: written after its part and rejects, it makes them exist.
-
-    Fields are in the order they are written. A copied part (``copied_from``) ran no
-    model, so its JSON has no embed time or model tokens; ``write_seconds`` is known
-    only to the task that wrote the marker and is never on disk.
-    """
-
-    shard_id: str
-    source_version: str = ""  # the file's size and etag/mtime: a commit of another is stale
-    relative_path: str = ""
-    unit: str = ""
-    start: int = 0
-    end: int = 0
-    rows: int = 0  # source records read: vector_rows + rejected
-    characters: int = 0  # of the texts sent to the model
-    tokens: int = 0  # input tokens of those texts, as the provider bills them
-    carried: int = 0  # incremental: same id and text in the base, its vector copied
-    reused: int = 0  # incremental: the text under another id in the base, its vector copied
-    read_seconds: float = 0.0
-    embedded: int = 0
-    rejected: int = 0
-    reject_kinds: dict[str, int] = field(default_factory=dict)  # rejected records per kind
-    embed_seconds: float = 0.0
-    model_tokens: int = 0  # tokens the model ran on, where it counts them (local models)
-    padded_tokens: int = 0  # ... padding included
-    copied_from: str | None = None  # the base part committed as this shard's, file to file
-    part: str | None = None  # file name in the snapshot; None: every row was rejected
-    rejects: str | None = None  # path in the snapshot of the rejected rows, if any
-    write_seconds: float | None = None
-
-    @property
-    def vector_rows(self) -> int:
-        """Rows with a vector in the shard's part."""
-        return self.embedded + self.carried + self.reused
-
-    def to_json(self) -> dict[str, Any]:
-        """The marker as the JSON object written to ``_commits/`` and the manifest."""
-        data = {item.name: getattr(self, item.name) for item in fields(self)}
-        if not self.reject_kinds:
-            del data["reject_kinds"]
-        if self.copied_from is None:
-            del data["copied_from"]
-        else:
-            del data["embed_seconds"], data["model_tokens"], data["padded_tokens"]
-        if self.write_seconds is None:
-            del data["write_seconds"]
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ShardMarker:
-        """A marker as written by any version: missing fields take their defaults."""
-        return cls(**{key: value for key, value in data.items() if key in _MARKER_FIELDS})
-
-
-_MARKER_FIELDS = frozenset(item.name for item in fields(ShardMarker))
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from embedfleet.embedding_functions.api.base import (
 from embedfleet.embedding_functions.api.transport import ApiRequest, HttpFailure, Transport
 from embedfleet.embedding_functions.base import Documents, Requirement
 from embedfleet.embedding_functions.registry import register
+from embedfleet.embedding_functions.token_counter import TokenCounter
 from embedfleet.errors import ConfigError
-from embedfleet.tokens import count_tokens, encoding_for_model
+from embedfleet.tokens import count_tokens, encoding_for_model, tiktoken_encoding
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -162,6 +163,14 @@ class OpenAIEmbeddingFunction(HttpEmbeddingFunction):
     def billed_tokens(self, texts: Documents) -> list[int]:
         """tiktoken's exact counts where its files are at hand, else a safe estimate."""
         return count_tokens(texts, encoding=encoding_for_model(self.model_name))
+
+    def token_counter(self) -> TokenCounter:
+        """tiktoken's count where its encoding file is local, else the estimate (which
+        never counts fewer), against the 8,192 tokens OpenAI takes per input."""
+        encoding = encoding_for_model(self.model_name)
+        exact = tiktoken_encoding(encoding) is not None
+        basis = f"tiktoken {encoding}" if exact else "a conservative estimate (no tiktoken files)"
+        return TokenCounter.of(self.billed_tokens, self.max_tokens_per_input, basis)
 
 
 def _index(item: Any) -> int:

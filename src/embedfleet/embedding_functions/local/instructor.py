@@ -61,7 +61,7 @@ class InstructorEmbeddingFunction(SentenceTransformerEmbeddingFunction):
     def _pooling_include_prompt(self) -> bool:
         return False
 
-    def _prompt(self, *, query: bool) -> dict[str, str]:
+    def _prompt(self, *, query: bool, prompts: dict[str, str] | None = None) -> dict[str, str]:
         prompt = self.query_prompt if query else self.document_prompt
         return {"prompt": prompt} if prompt else {}
 

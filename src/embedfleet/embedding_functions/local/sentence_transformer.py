@@ -27,7 +27,7 @@ from embedfleet.embedding_functions.base import (
     check_positive_int,
 )
 from embedfleet.embedding_functions.batching import CallPlan
-from embedfleet.embedding_functions.local import model_inputs
+from embedfleet.embedding_functions.local import model_inputs, tokenizer_files
 from embedfleet.embedding_functions.local.backends import Backend, check_backend, choose_backend
 from embedfleet.embedding_functions.local.models import (
     DEFAULT_MODEL_NAME,
@@ -41,6 +41,7 @@ from embedfleet.embedding_functions.local.models import (
 )
 from embedfleet.embedding_functions.local.token_batches import tokenize
 from embedfleet.embedding_functions.registry import register
+from embedfleet.embedding_functions.token_counter import TokenCounter
 from embedfleet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -242,6 +243,16 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
     def max_tokens(self) -> int | None:
         return self.model.max_seq_length
 
+    def token_counter(self) -> TokenCounter:
+        """The model's own count of a document (tokenizer, prompt, special tokens) against
+        its ``max_seq_length``, read from the model's files without loading its weights
+        (:mod:`.tokenizer_files`); where the files do not say, the loaded model's."""
+        counter = tokenizer_files.read(self)
+        if counter is None:
+            basis = f"{self.model_name}'s tokenizer (loaded model)"
+            counter = TokenCounter.of(self.token_lengths, self.max_tokens(), basis)
+        return counter
+
     def warm_up(self) -> None:
         """Load the model now (a fleet replica does this at start-up)."""
         self.runner.warm_up()
@@ -259,12 +270,13 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         self.runner.set_num_threads(threads)
 
     # ------------------------------------------------------------------ embedding
-    def _prompt(self, *, query: bool) -> dict[str, str]:
-        """encode() keyword for this side: a prompt name the model knows, or a literal."""
+    def _prompt(self, *, query: bool, prompts: dict[str, str] | None = None) -> dict[str, str]:
+        """encode() keyword for this side: a prompt name the model knows (``prompts``: the
+        model's, when read from its files), or a literal."""
         prompt = self.query_prompt if query else self.document_prompt
         if prompt is None:
             return {}
-        if prompt in (self.model.prompts or {}):
+        if prompt in ((self.model.prompts if prompts is None else prompts) or {}):
             return {"prompt_name": prompt}
         return {"prompt": prompt}
 
