@@ -23,6 +23,7 @@ from embedfleet import embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
+from embedfleet.job.result import describe_quota
 from embedfleet.job.spec import MODES
 from embedfleet.job.store import OutputStore
 from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
@@ -203,6 +204,7 @@ def _run(arguments: argparse.Namespace) -> int:
                     f"{result.rows_per_second:.1f} "
                     f"({result.steady_rows_per_second:.1f} between start-up and finish)",
                 ),
+                *([("quota", describe_quota(result.quota))] if result.quota else []),
             ]
         )
     for shard, error in sorted(result.failed_shards.items()):
@@ -217,10 +219,14 @@ def _run(arguments: argparse.Namespace) -> int:
             "the rest may spend).",
             file=sys.stderr,
         )
+    if result.provider_stopped:  # committed shards stay
+        stop = f"stopped: {result.provider_stopped}; {result.shards_remaining} of {result.shards}"
+        print(f"embedfleet: {stop} shards remain: re-run to resume", file=sys.stderr)
     if result.failed_shards:
         print(
             "embedfleet: re-run the same command to retry only the failed shards", file=sys.stderr
         )
+    if result.failed_shards or result.provider_stopped:
         return EXIT_FAILED
     return EXIT_BUDGET if result.budget_stopped else EXIT_OK
 
@@ -270,6 +276,10 @@ def _status(arguments: argparse.Namespace) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    latest = output.latest()
+    quota = output.snapshot(latest).manifest().get("quota") if latest else None
+    if quota:
+        print(f"quota (latest): {describe_quota(quota)}")
     return EXIT_OK
 
 

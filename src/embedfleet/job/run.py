@@ -13,6 +13,8 @@ shards running in parallel can never together go over; after the first refusal
 the driver submits nothing more, shards already embedding finish and commit, and
 the run ends incomplete with ``budget_stopped``. The budget is not in the
 fingerprint, so a re-run with a higher budget resumes the same snapshot.
+A shard failing on a provider error may be tried again later in the run, or stop
+it (``provider_stopped``): :mod:`.retries`. The quota's learned limit is recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from embedfleet.job import incremental, sources
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult
+from embedfleet.job.retries import AGAIN, FAILED, ShardRetries, quota_stats
 from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
 from embedfleet.job.sources import Shard
@@ -146,6 +149,7 @@ class Job:
             if plan.base is not None:
                 run.base = incremental.build_index(self.output.snapshot(plan.base))
             embedded_at = self._embed_shards(run) if todo else time.perf_counter()
+            result.quota = quota_stats(self.function, since=run.quota_before)
         finally:
             run.release()
         if run.stop.is_set():
@@ -229,14 +233,17 @@ class Job:
             base=run.base,
         )
         context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
+        run.quota_before = quota_stats(self.function)
         queue = list(run.todo)
-        while ((queue and not result.budget_stopped) or run.pending) and not run.stop.is_set():
-            while queue and len(run.pending) < window and not result.budget_stopped:
+        while ((queue and not run.halted) or run.pending) and not run.stop.is_set():
+            while queue and len(run.pending) < window and not run.halted:
                 shard = queue.pop(0)
                 run.pending[task.remote(shard, context_ref)] = shard
             done, _ = ray.wait(list(run.pending), num_returns=1, timeout=1.0)
             for ref in done:
-                run.collect(ref)
+                again = run.collect(ref)
+                if again is not None:  # a retryable provider error: later in this run
+                    queue.append(again)
         return time.perf_counter()  # the last shard is in; what follows is the finish
 
     def _finish(self, run: _Run) -> None:
@@ -255,7 +262,7 @@ class Job:
                 result.shards_remaining,
                 result.shards,
             )
-        if result.failed_shards or result.budget_stopped:
+        if result.failed_shards or result.budget_stopped or result.provider_stopped:
             return
         for path in snapshot.keep_only(set(valid)):
             logger.info("removed %s: its shard is no longer in the source as committed", path)
@@ -280,6 +287,7 @@ class Job:
                 "tokens": total_tokens,
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
+                "quota": result.quota,
             }
         )
         result.complete = True
@@ -323,31 +331,42 @@ class _Run:
     bar: ShardProgress | None = None
     pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
     shards_done: int = 0
+    retries: ShardRetries = field(default_factory=ShardRetries)
+    quota_before: dict[str, Any] | None = None  # the quota's stats when embedding began
 
     @property
     def stop(self) -> threading.Event:
         return self.signals.stop
 
-    def collect(self, ref: Any) -> None:
-        """Count one finished shard task; one shard's failure never stops the others."""
+    @property
+    def halted(self) -> bool:
+        """No further shard starts: the budget or the provider stopped the run."""
+        return self.result.budget_stopped or self.result.provider_stopped is not None
+
+    def collect(self, ref: Any) -> Shard | None:
+        """Count one finished shard task; one shard's failure never stops the others.
+        Returns the shard when it is to be tried again later in the run."""
         import ray
 
         shard, result = self.pending.pop(ref), self.result
         try:
             answer = ray.get(ref)
         except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
-            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
-            self._advance(shard.estimated_rows)
-            return
+            verdict = self.retries.verdict(shard, exc, result)  # a provider's error?
+            if verdict == FAILED:
+                cause = getattr(exc, "cause", None) or exc
+                result.failed_shards[shard.shard_id] = f"{shard.uri}: {cause}"
+                logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
+                self._advance(shard.estimated_rows)
+            return shard if verdict == AGAIN else None
         if isinstance(answer, OverBudget):  # not embedded: no further shard starts
             result.budget_stopped = True
-            return
+            return None
         result.count_committed(answer)
         self._advance(answer.rows)
         if self.on_shard is not None:
             self.on_shard(answer)
+        return None
 
     def _advance(self, rows: int) -> None:
         self.shards_done += 1
