@@ -25,6 +25,7 @@ from embedfleet.embedding_functions.api import (
     Transport,
 )
 from embedfleet.embedding_functions.api.openai import OpenAISdkTransport
+from embedfleet.embedding_functions.api.transport import Answered
 from embedfleet.errors import AuthenticationError, BadRequestError, ProviderError, RateLimitError
 from tests.fakes import tei
 from tests.fakes.providers import CANARY
@@ -102,14 +103,15 @@ def test_the_shared_retry_policy_applies_to_any_transport(ef):
     ef.transport().failures.extend(
         [HttpFailure(429, {"retry-after": "0.05"}, "busy"), HttpFailure(None, {}, "no answer")]
     )
-    assert len(ef(["a"])) == 1 and waits[0] == 0.05 and 0.01 <= waits[1] <= 0.02
+    # the 429's wait, spread; then the first backoff (429s do not count towards it)
+    assert len(ef(["a"])) == 1 and 0.05 <= waits[0] <= 0.075 and 0.005 <= waits[1] <= 0.01
     ef.transport().failures.append(HttpFailure(400, {}, f"no: {CANARY}"))
     with pytest.raises(BadRequestError, match=r"memory://embeddings/document refused") as caught:
         ef(["b"])
     assert CANARY not in str(caught.value) and "no: ***" in str(caught.value)
-    ef.max_retries = 1
+    ef.max_retry_seconds = 0
     ef.transport().failures.extend([HttpFailure(429, {}, "busy")] * 2)
-    with pytest.raises(RateLimitError, match="429 after 2 tries"):
+    with pytest.raises(RateLimitError, match="429 after 1 try"):
         ef(["c"])
 
 
@@ -147,7 +149,9 @@ def tei_server():
 def test_the_httpx_transport_posts_json_and_returns_the_decoded_answer(tei_server):
     transport = HttpxTransport(tei_server.url, timeout=5)
     answer = transport.send(ApiRequest("embed", {"inputs": ["a"]}, {"X-Test": "1"}))
-    assert answer == tei.expected_vectors(["a"])
+    assert isinstance(answer, Answered)  # with its headers, for the quota
+    assert answer.payload == tei.expected_vectors(["a"])
+    assert answer.headers["content-type"] == "application/json"
     (request,) = tei_server.requests
     assert request.path == "/embed" and request.headers["x-test"] == "1"
 

@@ -24,6 +24,7 @@ from embedfleet import cli_sync, embedding_functions
 from embedfleet._version import __version__
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
+from embedfleet.job.result import describe_quota
 from embedfleet.job.spec import MODE_ALIASES, MODES
 from embedfleet.job.store import OutputStore
 from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
@@ -204,10 +205,13 @@ def _run(arguments: argparse.Namespace) -> int:
             "the rest may spend).",
             file=sys.stderr,
         )
+    if result.provider_stopped:  # committed shards stay
+        stop = f"stopped: {result.provider_stopped}; {result.shards_remaining} of {result.shards}"
+        print(f"embedfleet: {stop} shards remain: re-run to resume", file=sys.stderr)
     for advice in result.advice():
         print(f"embedfleet: {advice}", file=sys.stderr)
     destinations_failed = cli_sync.print_job_destinations(result, quiet=arguments.quiet)
-    if result.failed_shards:
+    if result.failed_shards or result.provider_stopped:
         return EXIT_FAILED
     if destinations_failed:
         return EXIT_FAILED
@@ -245,6 +249,10 @@ def _status(arguments: argparse.Namespace) -> int:
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    latest = output.latest()
+    quota = output.snapshot(latest).manifest().get("quota") if latest else None
+    if quota:
+        print(f"quota (latest): {describe_quota(quota)}")
     cli_sync.print_status(output)
     return EXIT_OK
 

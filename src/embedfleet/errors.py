@@ -18,10 +18,13 @@ so ``except TypeError`` keeps working for code written against Chroma::
     ├── EmbeddingOutputError              a provider returned a wrong count,
     │                                     dimension or non-finite values
     ├── LockedError                       another run holds the output's lock
-    ├── ProviderError                     an API provider failed (after retries)
+    ├── ProviderError                     an API provider failed (after retries); says
+    │   │                                 whether a later try may succeed (``retryable``)
+    │   │                                 and whether the provider failed everything for
+    │   │                                 max_retry_seconds (``unavailable``)
     │   ├── AuthenticationError           401/403: the key is missing, wrong or not allowed
     │   ├── BadRequestError               400/413/422: the provider refused the input
-    │   └── RateLimitError                429 past every retry
+    │   └── RateLimitError                429 until max_retry_seconds ran out
     ├── SourceReadError                   a source file cannot be opened or parsed
     │   └── BadRecordError                a malformed record, with on_bad_record = "error"
     ├── DestinationError                  a vector store refused or failed a sync
@@ -143,11 +146,26 @@ class DestinationError(EmbedfleetError):
 
 
 class ProviderError(EmbedfleetError):
-    """An API provider answered with an error, or not at all, after every retry."""
+    """An API provider answered with an error, or not at all, after every retry.
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    ``retryable``: the failure was of a kind worth another try later (429, 5xx, no
+    answer), as opposed to a refused key or input. ``unavailable``: every request on
+    this budget failed that way for ``max_retry_seconds`` (the provider is down, or
+    refuses everything): stop, and try again later.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        unavailable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retryable = retryable
+        self.unavailable = unavailable
 
 
 class AuthenticationError(ProviderError):

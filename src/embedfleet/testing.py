@@ -24,24 +24,53 @@ class RateLimitedServer:
     short windows). A request finding the bucket empty gets 429 with
     ``retry-after-ms`` (the time until a token is back). Every text answered
     with 200 is counted, so a benchmark can check that each document was
-    embedded exactly once. ``latency_seconds`` stands in for the provider's
-    service time. For benchmarks and tests of :mod:`embedfleet.quota`.
+    embedded exactly once; ``accepted_at`` / ``refused_at`` hold when each request
+    was answered 200 / 429 (``time.monotonic()``), for rates over time.
+    ``latency_seconds`` stands in for the provider's service time.
+
+    ``rate_limit_headers=True`` adds OpenAI's headers to every answer:
+    ``x-ratelimit-limit-requests`` (the per-minute limit), ``-remaining-requests``
+    (whole requests in the bucket) and ``-reset-requests`` (until the bucket is full,
+    as a duration such as ``120ms``), and, with ``tokens_per_minute``, the same for
+    tokens (stated, not enforced). ``storm_after`` / ``storm_seconds``: once that many
+    requests were accepted, every request is answered ``storm_status`` (503) for that
+    long, then service is normal again (:meth:`start_storm` starts one by hand).
+    For benchmarks and tests of :mod:`embedfleet.quota`.
     """
 
     def __init__(
-        self, requests_per_minute: float, *, latency_seconds: float = 0.0, dimension: int = 8
+        self,
+        requests_per_minute: float,
+        *,
+        latency_seconds: float = 0.0,
+        dimension: int = 8,
+        rate_limit_headers: bool = False,
+        tokens_per_minute: float | None = None,
+        storm_after: int | None = None,
+        storm_seconds: float = 0.0,
+        storm_status: int = 503,
     ) -> None:
         import json
         import threading
         from collections import Counter
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        self.requests_per_minute = requests_per_minute
         self.rate = requests_per_minute / 60.0
         self.capacity = max(1.0, self.rate)  # one second's worth
         self.latency_seconds = latency_seconds
+        self.rate_limit_headers = rate_limit_headers
+        self.tokens_per_minute = tokens_per_minute
+        self.storm_after = storm_after
+        self.storm_seconds = storm_seconds
+        self.storm_status = storm_status
         self.embedded: Counter[str] = Counter()
         self.accepted = 0
         self.refused = 0
+        self.stormed = 0  # requests answered storm_status
+        self.accepted_at: list[float] = []
+        self.refused_at: list[float] = []
+        self.storm_window: tuple[float, float] | None = None  # (start, end), monotonic
         self._tokens = self.capacity
         self._refilled = time.monotonic()
         self._lock = threading.Lock()
@@ -56,17 +85,21 @@ class RateLimitedServer:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                wait = server._take()
+                status, wait, headers = server._take()
+                if status == server.storm_status:
+                    body = json.dumps({"error": "service unavailable"}).encode()
+                    return self._send(status, body, headers)
                 if wait is not None:
                     body = json.dumps({"error": "rate limit exceeded"}).encode()
-                    return self._send(429, body, {"retry-after-ms": str(int(wait * 1000) + 1)})
+                    headers["retry-after-ms"] = str(int(wait * 1000) + 1)
+                    return self._send(429, body, headers)
                 if server.latency_seconds:
                     time.sleep(server.latency_seconds)  # the provider's service time
                 texts = json.loads(raw)["inputs"]
                 with server._lock:
                     server.embedded.update(texts)
                 payload = [vector.tolist() for vector in vectors(texts)]
-                return self._send(200, json.dumps(payload).encode(), {})
+                return self._send(200, json.dumps(payload).encode(), headers)
 
             def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -83,18 +116,49 @@ class RateLimitedServer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def _take(self) -> float | None:
-        """Take one token; None if granted, else seconds until one is back."""
+    def start_storm(self, seconds: float) -> None:
+        """Answer every request ``storm_status`` for the next ``seconds``."""
         with self._lock:
             now = time.monotonic()
+            self.storm_window = (now, now + seconds)
+
+    def _take(self) -> tuple[int, float | None, dict[str, str]]:
+        """Take one token: (200, None, headers) if granted, (429, seconds until one is
+        back, headers) if not, (storm_status, None, {}) during a storm."""
+        with self._lock:
+            now = time.monotonic()
+            if self.storm_after is not None and self.accepted >= self.storm_after:
+                self.storm_after = None
+                self.storm_window = (now, now + self.storm_seconds)
+            if self.storm_window is not None and self.storm_window[0] <= now < self.storm_window[1]:
+                self.stormed += 1
+                return self.storm_status, None, {}
             self._tokens = min(self.capacity, self._tokens + (now - self._refilled) * self.rate)
             self._refilled = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 self.accepted += 1
-                return None
+                self.accepted_at.append(now)
+                return 200, None, self._headers()
             self.refused += 1
-            return (1.0 - self._tokens) / self.rate
+            self.refused_at.append(now)
+            return 429, (1.0 - self._tokens) / self.rate, self._headers()
+
+    def _headers(self) -> dict[str, str]:
+        """OpenAI-style rate-limit headers for the bucket as it is now (if asked for)."""
+        if not self.rate_limit_headers:
+            return {}
+        until_full = (self.capacity - self._tokens) / self.rate
+        headers = {
+            "x-ratelimit-limit-requests": f"{self.requests_per_minute:g}",
+            "x-ratelimit-remaining-requests": str(int(self._tokens)),
+            "x-ratelimit-reset-requests": f"{max(0, round(until_full * 1000))}ms",
+        }
+        if self.tokens_per_minute is not None:
+            headers["x-ratelimit-limit-tokens"] = f"{self.tokens_per_minute:g}"
+            headers["x-ratelimit-remaining-tokens"] = f"{self.tokens_per_minute:g}"
+            headers["x-ratelimit-reset-tokens"] = "0s"
+        return headers
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -91,6 +91,10 @@ class JobResult:
     finish_seconds: float = 0.0  # after the last shard: fleet stop, checks, manifest, prune
     placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
     destinations: list[dict[str, Any]] = field(default_factory=list)  # each sync's summary
+    # API providers: the limit paced to (configured or learned) and the 429s of this run
+    quota: dict[str, Any] | None = None
+    shard_retries: int = 0  # shards tried again after a retryable provider error
+    provider_stopped: str | None = None  # why the provider stopped the run (resumable)
 
     @property
     def rows_per_second(self) -> float:
@@ -171,6 +175,7 @@ class JobResult:
                 f"{self.rows_per_second:.1f} "
                 f"({self.steady_rows_per_second:.1f} between start-up and finish)",
             ),
+            *([("quota", describe_quota(self.quota))] if self.quota else []),
         ]
 
     def advice(self) -> list[str]:
@@ -224,3 +229,24 @@ class JobResult:
     def _count_rejects(self, marker: ShardMarker) -> None:
         self.rejected += marker.rejected
         self.rejected_by_kind = add_kinds(self.rejected_by_kind, marker.reject_kinds)
+
+
+_QUOTA_SOURCES = {
+    "configured": "configured",
+    "headers": "learned from the provider's rate-limit headers",
+    "429s": "learned from 429s",
+    "unpaced": "none met: the provider answered no 429",
+}
+
+
+def describe_quota(quota: dict[str, Any]) -> str:
+    """One line for a run's ``quota``: the limit paced to, where it came from, and the
+    share of requests answered 429."""
+    limits = [
+        f"{quota[key]:,.0f} {unit}/min"
+        for key, unit in (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
+        if quota.get(key)
+    ]
+    source = _QUOTA_SOURCES.get(quota.get("source", ""), quota.get("source", ""))
+    paced = f"{', '.join(limits)} ({source})" if limits else source
+    return f"{paced}; {quota['share_429']:.1%} of {quota['answers']:,} requests answered 429"

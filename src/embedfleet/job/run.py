@@ -16,6 +16,8 @@ shards running in parallel can never together go over; after the first refusal
 the driver submits nothing more, shards already embedding finish and commit, and
 the run ends incomplete with ``budget_stopped``. The budget is not in the
 fingerprint, so a re-run with a higher budget resumes the same snapshot.
+A shard failing on a provider error may be tried again later in the run, or stop
+it (``provider_stopped``): :mod:`.retries`. The quota's learned limit is recorded.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from embedfleet.job.exact import count_exactly
 from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult
+from embedfleet.job.retries import quota_stats
 from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.run_state import RunState, warm_worker
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
@@ -178,6 +181,7 @@ class Job:
             if plan.base is not None:
                 run.base = incremental.build_index(self.output.snapshot(plan.base))
             embedded_at = self._embed_shards(run) if todo else time.perf_counter()
+            result.quota = quota_stats(self.function, since=run.quota_before)
         finally:
             run.release()
         if run.stop.is_set():
@@ -261,14 +265,17 @@ class Job:
             base=run.base,
         )
         context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
+        run.quota_before = quota_stats(self.function)
         queue = list(run.todo)
-        while ((queue and not result.budget_stopped) or run.pending) and not run.stop.is_set():
-            while queue and len(run.pending) < window and not result.budget_stopped:
+        while ((queue and not run.halted) or run.pending) and not run.stop.is_set():
+            while queue and len(run.pending) < window and not run.halted:
                 shard = queue.pop(0)
                 run.pending[task.remote(shard, context_ref)] = shard
             done, _ = ray.wait(list(run.pending), num_returns=1, timeout=1.0)
             for ref in done:
-                run.collect(ref)
+                again = run.collect(ref)
+                if again is not None:  # a retryable provider error: later in this run
+                    queue.append(again)
         return time.perf_counter()  # the last shard is in; what follows is the finish
 
     def _finish(self, run: RunState) -> None:
@@ -287,7 +294,7 @@ class Job:
                 result.shards_remaining,
                 result.shards,
             )
-        if result.failed_shards or result.budget_stopped:
+        if result.failed_shards or result.budget_stopped or result.provider_stopped:
             return
         for path in snapshot.keep_only(set(valid)):
             logger.info("removed %s: its shard is no longer in the source as committed", path)
@@ -318,6 +325,7 @@ class Job:
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
                 **({"chunks": _chunk_totals(markers, result)} if self.spec.chunking else {}),
+                "quota": result.quota,
             }
         )
         result.complete = True

@@ -17,6 +17,7 @@ from embedfleet.job import incremental
 from embedfleet.job.plan import JobPlan
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult, failure_kind
+from embedfleet.job.retries import AGAIN, FAILED, ShardRetries
 from embedfleet.job.run_control import StopOnSignal
 from embedfleet.job.shard_task import OverBudget
 from embedfleet.job.sources import Shard
@@ -48,32 +49,45 @@ class RunState:
     bar: ShardProgress | None = None
     pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
     shards_done: int = 0
+    retries: ShardRetries = field(default_factory=ShardRetries)
+    quota_before: dict[str, Any] | None = None  # the quota's stats when embedding began
 
     @property
     def stop(self) -> threading.Event:
         return self.signals.stop
 
-    def collect(self, ref: Any) -> None:
-        """Count one finished shard task; one shard's failure never stops the others."""
+    @property
+    def halted(self) -> bool:
+        """No further shard starts: the budget or the provider stopped the run."""
+        return self.result.budget_stopped or self.result.provider_stopped is not None
+
+    def collect(self, ref: Any) -> Shard | None:
+        """Count one finished shard task; one shard's failure never stops the others.
+        Returns the shard when it is to be tried again later in the run (a retryable
+        provider error, :mod:`.retries`)."""
         import ray
 
         shard, result = self.pending.pop(ref), self.result
         try:
             answer = ray.get(ref)
         except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
-            result.count_failed(shard.shard_id, shard.relative_path, message, failure_kind(exc))
-            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
-            self._advance(shard.estimated_rows)
-            return
+            verdict = self.retries.verdict(shard, exc, result)  # a provider's error?
+            if verdict == FAILED:
+                cause = getattr(exc, "cause", None) or exc
+                message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
+                kind = failure_kind(exc)
+                result.count_failed(shard.shard_id, shard.relative_path, message, kind)
+                logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
+                self._advance(shard.estimated_rows)
+            return shard if verdict == AGAIN else None
         if isinstance(answer, OverBudget):  # not embedded: no further shard starts
             result.budget_stopped = True
-            return
+            return None
         result.count_committed(answer)
         self._advance(answer.rows)
         if self.on_shard is not None:
             self.on_shard(answer)
+        return None
 
     def _advance(self, rows: int) -> None:
         self.shards_done += 1

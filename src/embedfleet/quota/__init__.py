@@ -14,6 +14,8 @@ them::
     (shared.py)
     Pacer (pacer.py)     one process's view: leases slots from the ledger in
                          chunks and sleeps each request until its slot
+    RateLearner          with no limit configured, the rate the provider accepts:
+    (learning.py)        from its rate-limit headers, else AIMD on the paced rate
     AdaptiveConcurrency  requests in flight per process when no limit is
     (concurrency.py)     configured: slow start, additive increase, halved on 429
 
@@ -22,12 +24,20 @@ calls in, never the other way.
 """
 
 from embedfleet.quota.concurrency import AdaptiveConcurrency
-from embedfleet.quota.limits import QuotaLedger, RateLimits, SlotGrant
+from embedfleet.quota.learning import AdvertisedLimits, RateLearner, Report
+from embedfleet.quota.limits import (
+    LedgerState,
+    QuotaLedger,
+    RateLimits,
+    SlotGrant,
+    quota_summary,
+)
 from embedfleet.quota.pacer import LEASE_SECONDS, PAUSE_CHECK_SECONDS, STALE_SECONDS, Pacer
 from embedfleet.quota.shared import (
     QUOTA_IDLE_SECONDS,
     QUOTA_NAMESPACE,
     QuotaActor,
+    ledger_stats,
     pacer_for,
     quota_key,
     shared_ledger,
@@ -40,12 +50,18 @@ __all__ = [
     "QUOTA_NAMESPACE",
     "STALE_SECONDS",
     "AdaptiveConcurrency",
+    "AdvertisedLimits",
+    "LedgerState",
     "Pacer",
     "QuotaActor",
     "QuotaLedger",
+    "RateLearner",
     "RateLimits",
+    "Report",
     "SlotGrant",
+    "ledger_stats",
     "pacer_for",
     "quota_key",
+    "quota_summary",
     "shared_ledger",
 ]

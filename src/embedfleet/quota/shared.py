@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from embedfleet.quota.limits import QuotaLedger, RateLimits, SlotGrant
+from embedfleet.quota.learning import Report
+from embedfleet.quota.limits import LedgerState, QuotaLedger, RateLimits, SlotGrant
 from embedfleet.quota.pacer import Pacer
 
 #: Where quota actors live, so every job and fleet on a cluster finds the same one.
@@ -47,9 +48,17 @@ class QuotaActor(QuotaLedger):
         self._last_call = time.monotonic()
         super().configure(limits)
 
-    def lease(self, requests: int, tokens: int) -> SlotGrant:
+    def lease(self, requests: int, tokens: int, report: Report | None = None) -> SlotGrant:
         self._last_call = time.monotonic()
-        return super().lease(requests, tokens)
+        return super().lease(requests, tokens, report)
+
+    def check(self, report: Report | None = None) -> LedgerState:
+        self._last_call = time.monotonic()
+        return super().check(report)
+
+    def throttled(self, seconds: float, epoch: int, report: Report | None = None) -> None:
+        self._last_call = time.monotonic()
+        super().throttled(seconds, epoch, report)
 
     def pause(self, seconds: float) -> None:
         self._last_call = time.monotonic()
@@ -76,8 +85,15 @@ class RemoteLedger:
         self.limits = limits
         self.actor = shared_ledger(key, limits)
 
-    def lease(self, requests: int, tokens: int) -> SlotGrant:
-        return self._call("lease", requests, tokens)  # type: ignore[no-any-return]
+    def lease(self, requests: int, tokens: int, report: Report | None = None) -> SlotGrant:
+        return self._call("lease", requests, tokens, report)  # type: ignore[no-any-return]
+
+    def check(self, report: Report | None = None) -> LedgerState:
+        return self._call("check", report)  # type: ignore[no-any-return]
+
+    def throttled(self, seconds: float, epoch: int, report: Report | None = None) -> None:
+        # fire and forget: this process pauses locally too, and learns at its next check
+        self.actor.throttled.remote(seconds, epoch, report)
 
     def pause(self, seconds: float) -> None:
         self.actor.pause.remote(seconds)  # fire and forget: this process pauses locally too
@@ -121,6 +137,23 @@ def pacer_for(key: str, limits: RateLimits, sleep: Callable[[float], None] = tim
         else:
             ledger.configure(limits)
     return Pacer(ledger, limits, sleep=sleep)
+
+
+def ledger_stats(key: str) -> dict[str, Any] | None:
+    """The stats of the budget ``key`` (see :meth:`QuotaLedger.stats`) as this process
+    can reach them: the quota actor when Ray is up and it exists, else this process's
+    own ledger; None when neither exists (nothing was sent on that budget)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            actor = ray.get_actor(key, namespace=QUOTA_NAMESPACE)
+        except ValueError:  # no such actor (yet, or any more)
+            actor = None
+        if actor is not None:
+            return ray.get(actor.stats.remote())  # type: ignore[no-any-return]
+    with _local_lock:
+        ledger = _local_ledgers.get(key)
+    return None if ledger is None else ledger.stats()
 
 
 def _in_ray_worker() -> bool:

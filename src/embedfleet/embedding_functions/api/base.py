@@ -13,8 +13,10 @@ the modules this one calls:
   explicit ``api_key`` that never enters ``get_config()``, reprs or messages;
 * batches are cut to the provider's documented limits (:mod:`.splitting`);
 * requests are paced through :mod:`embedfleet.quota`, shared by every replica
-  using the same key, and kept ``max_concurrency`` in flight per process;
-* every attempt goes through one retry policy and one error mapping (:mod:`.retry`).
+  using the same key (at the configured rate, or at the rate the quota learns from
+  the provider's headers and 429s), and kept ``max_concurrency`` in flight per process;
+* every attempt goes through one retry policy and one error mapping (:mod:`.retry`),
+  and retryable failures are retried for as long as ``max_retry_seconds`` allows.
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypedDict, TypeVar
 
-from embedfleet.embedding_functions.api.retry import (
-    final_error,
-    is_retryable,
-    redact,
-    wait_before_retry,
-)
+from embedfleet.embedding_functions.api import attempts
+from embedfleet.embedding_functions.api.ratelimits import advertised_limits
+from embedfleet.embedding_functions.api.retry import redact, retry_after
 from embedfleet.embedding_functions.api.splitting import cut_to_limit, split_requests
 from embedfleet.embedding_functions.api.transport import (
+    Answered,
     ApiRequest,
     HttpFailure,
     HttpxTransport,
@@ -49,11 +49,22 @@ from embedfleet.embedding_functions.base import (
 )
 from embedfleet.embedding_functions.batching import CallPlan
 from embedfleet.errors import ConfigError, MissingDependencyError, ProviderError
-from embedfleet.quota import AdaptiveConcurrency, Pacer, RateLimits, pacer_for, quota_key
+from embedfleet.quota import (
+    AdaptiveConcurrency,
+    AdvertisedLimits,
+    Pacer,
+    RateLimits,
+    ledger_stats,
+    pacer_for,
+    quota_key,
+    quota_summary,
+)
 from embedfleet.tokens import count_tokens
 
 API_INSTALL_HINT = 'pip install "embedfleet[api]"'
 DEFAULT_MAX_CONCURRENCY = 8
+#: How long retryable failures are retried without a single success on the budget.
+DEFAULT_MAX_RETRY_SECONDS = 600.0
 
 T = TypeVar("T")
 
@@ -64,7 +75,8 @@ class HttpOptions(TypedDict, total=False):
     api_base: str | None
     api_key: str | None
     timeout: float
-    max_retries: int
+    max_retries: int | None
+    max_retry_seconds: float
     retry_backoff_seconds: float
     max_requests_per_minute: float | None
     max_tokens_per_minute: float | None
@@ -78,10 +90,13 @@ class HttpEmbeddingFunction(EmbeddingFunction):
 
     Shared keywords (every provider takes them, as :class:`HttpOptions`):
     ``api_base``, ``api_key_env_var`` / ``api_key``, ``timeout`` (seconds per
-    request), ``max_retries``, ``retry_backoff_seconds`` (first backoff; doubles),
+    request), ``max_retry_seconds`` (how long retryable failures are retried
+    without a single success on the budget; 0: never retried), ``max_retries``
+    (None, or at most this many retries of one request for failures other than
+    429), ``retry_backoff_seconds`` (first backoff; doubles),
     ``max_requests_per_minute`` / ``max_tokens_per_minute`` (paced, shared by
-    a fleet), ``max_concurrency`` (requests in flight per process), ``batch_size``,
-    ``on_long``.
+    a fleet; with neither, the rate is learned), ``max_concurrency`` (requests in
+    flight per process), ``batch_size``, ``on_long``.
     """
 
     requirements = (Requirement("httpx", API_INSTALL_HINT),)
@@ -104,7 +119,8 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         api_key_env_var: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
-        max_retries: int = 5,
+        max_retries: int | None = None,
+        max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS,
         retry_backoff_seconds: float = 0.5,
         max_requests_per_minute: float | None = None,
         max_tokens_per_minute: float | None = None,
@@ -113,8 +129,19 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         on_long: str = "truncate",
     ) -> None:
         super().__init__(batch_size=batch_size, on_long=on_long)
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if max_retries is not None and (
+            not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0
+        ):
+            raise ConfigError(
+                f"max_retries must be None or a non-negative integer, got {max_retries!r}"
+            )
+        number = isinstance(max_retry_seconds, (int, float)) and not isinstance(
+            max_retry_seconds, bool
+        )
+        if not number or not max_retry_seconds >= 0:
+            raise ConfigError(
+                f"max_retry_seconds must be a non-negative number, got {max_retry_seconds!r}"
+            )
         if timeout <= 0:
             raise ConfigError(f"timeout must be positive, got {timeout!r}")
         self.api_base = (api_base or self.default_api_base).rstrip("/")
@@ -124,6 +151,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         self._api_key = api_key  # never in get_config(), repr or messages
         self.timeout = timeout
         self.max_retries = max_retries
+        self.max_retry_seconds = float(max_retry_seconds)
         self.retry_backoff_seconds = retry_backoff_seconds
         self.limits = RateLimits(max_requests_per_minute, max_tokens_per_minute)
         self.max_concurrency = max_concurrency
@@ -174,6 +202,20 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         """The model part of the quota key (providers budget per model)."""
         return getattr(self, "model_name", None)
 
+    def advertised_limits(
+        self, headers: Any, failure: HttpFailure | None = None
+    ) -> AdvertisedLimits | None:
+        """The rate limits the provider states in an answer (its headers, or for
+        ``failure`` also its body): the quota paces to them when none is configured.
+        The default reads OpenAI's ``x-ratelimit-limit-*`` and the IETF draft's
+        ``RateLimit-Policy`` (see :mod:`.ratelimits`)."""
+        return advertised_limits(headers)
+
+    def server_wait(self, failure: HttpFailure) -> float | None:
+        """Seconds the provider asked to wait before trying ``failure`` again, if it said
+        (``retry-after-ms``, ``Retry-After``, an exhausted limit's reset)."""
+        return retry_after(failure.headers) if failure.status else None
+
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict[str, Any]:
         return {
@@ -181,6 +223,7 @@ class HttpEmbeddingFunction(EmbeddingFunction):
             "api_key_env_var": self.api_key_env_var,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
+            "max_retry_seconds": self.max_retry_seconds,
             "retry_backoff_seconds": self.retry_backoff_seconds,
             "max_requests_per_minute": self.limits.requests_per_minute,
             "max_tokens_per_minute": self.limits.tokens_per_minute,
@@ -262,11 +305,14 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         request = self.build_request(texts, query=query)
         request = dataclasses.replace(request, headers={**self.headers(), **request.headers})
         transport = self.transport()
-        return self.with_retries(
-            lambda: self.parse_vectors(transport.send(request)),
-            request_url(self.api_base, request.path),
-            tokens=tokens,
-        )
+
+        def attempt() -> Any:
+            answer = transport.send(request)
+            if isinstance(answer, Answered):  # keep its headers for the quota
+                return Answered(self.parse_vectors(answer.payload), answer.headers)
+            return self.parse_vectors(answer)
+
+        return self.with_retries(attempt, request_url(self.api_base, request.path), tokens=tokens)
 
     def transport(self) -> Transport:
         """This process's transport, made by :meth:`make_transport` on first use."""
@@ -290,45 +336,26 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         return key
 
     def with_retries(self, send: Callable[[], T], url: str, *, tokens: int = 0) -> T:
-        """Call ``send()`` until it succeeds, retrying what is worth retrying.
+        """Call ``send()`` until it succeeds, retrying what is worth retrying, for as long
+        as ``max_retry_seconds`` (and ``max_retries``) allow: see :mod:`.attempts`."""
+        return attempts.with_retries(self, send, url, tokens=tokens)
 
-        Every attempt waits for its quota slot and holds a concurrency slot.
-        ``send`` raises :class:`HttpFailure` for any failed attempt; this loop
-        alone decides what is retried, how long to wait and which error to raise.
-        """
-        for attempt in range(self.max_retries + 1):
-            self.pacer().acquire(tokens)
-            try:
-                with self._concurrency.slot():
-                    result = send()
-                self._concurrency.succeeded()
-                return result
-            except HttpFailure as raw:
-                # what gets chained to the typed error: redacted, and nothing under it
-                failure = HttpFailure(raw.status, raw.headers, self._redact(raw.detail))
-                if is_retryable(failure.status) and attempt < self.max_retries:
-                    wait = wait_before_retry(failure, attempt, self.retry_backoff_seconds)
-                    if failure.status == 429:  # every thread and replica on this budget waits
-                        self._concurrency.throttled()
-                        self.pacer().pause(wait)
-                    self._sleep(wait)
-                    continue
-                raise final_error(
-                    failure,
-                    where=f"{type(self).__name__}: {url}",
-                    tries=attempt + 1,
-                    key_variable=self.api_key_env_var,
-                    refused_credentials=self.refused_credentials,
-                ) from failure
-        raise AssertionError("unreachable")  # the loop returns or raises
+    def quota_stats(self, since: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """What the provider allowed on this function's budget, as far as this process
+        can see it (the quota actor when Ray is up), counted after ``since`` (an earlier
+        answer): see :func:`embedfleet.quota.quota_summary`."""
+        stats = ledger_stats(self._quota_key())
+        return None if stats is None else quota_summary(stats, since)
 
     def pacer(self) -> Pacer:
         """This process's view of the quota shared by everything using the same key."""
         with self._lock:
             if self._pacer is None:
-                key = quota_key(self.provider_name, self.api_base, self.quota_model(), self._key())
-                self._pacer = pacer_for(key, self.limits)
+                self._pacer = pacer_for(self._quota_key(), self.limits)
             return self._pacer
+
+    def _quota_key(self) -> str:
+        return quota_key(self.provider_name, self.api_base, self.quota_model(), self._key())
 
     def _key(self) -> str | None:
         try:

@@ -21,7 +21,12 @@ from embedfleet.embedding_functions.api.base import (
     HttpEmbeddingFunction,
     HttpOptions,
 )
-from embedfleet.embedding_functions.api.transport import ApiRequest, HttpFailure, Transport
+from embedfleet.embedding_functions.api.transport import (
+    Answered,
+    ApiRequest,
+    HttpFailure,
+    Transport,
+)
 from embedfleet.embedding_functions.base import Documents, Requirement
 from embedfleet.embedding_functions.registry import register
 from embedfleet.embedding_functions.token_counter import TokenCounter
@@ -34,7 +39,9 @@ if TYPE_CHECKING:
 
 class OpenAISdkTransport:
     """Sends an ``/embeddings`` body as ``client.embeddings.create(**body)`` and returns
-    the SDK's response; every SDK failure becomes an :class:`HttpFailure`.
+    the SDK's response with its headers (through ``with_raw_response``: OpenAI's
+    ``x-ratelimit-*`` headers tell the quota the account's limits); every SDK failure
+    becomes an :class:`HttpFailure`.
 
     The SDK's exceptions are never chained: their text may echo the key.
     """
@@ -46,7 +53,11 @@ class OpenAISdkTransport:
         import openai
 
         try:
-            return self.client.embeddings.create(**request.body)
+            raw = getattr(self.client.embeddings, "with_raw_response", None)
+            if raw is None:  # a client without it (a stand-in): the response alone
+                return self.client.embeddings.create(**request.body)
+            response = raw.create(**request.body)
+            return Answered(response.parse(), response.headers)
         except openai.APIStatusError as exc:  # chained to nothing: its text may echo the key
             raise HttpFailure(exc.status_code, exc.response.headers, str(exc.message)) from None
         except openai.APIConnectionError as exc:

@@ -4,8 +4,14 @@ One policy for every provider, because the failures are the same whatever the
 wire format: a 429 or a 5xx passes, a refused key or a refused input does not,
 and retrying the latter only spends quota and delays the error. The wait honours
 what the server asked for (``retry-after-ms``, ``Retry-After``, or the reset time
-of an exhausted ``x-ratelimit-*`` limit); without a hint it backs off
-exponentially, with jitter so that many replicas do not retry in step.
+of an exhausted ``x-ratelimit-*`` limit), stretched at random (:func:`spread`) so
+that the requests refused together do not all come back together; without a hint
+it backs off exponentially, with jitter so that many replicas do not retry in step.
+
+How long retrying goes on is the caller's patience (``max_retry_seconds``, see
+:meth:`~.base.HttpEmbeddingFunction.with_retries`); the error that ends it says
+whether trying again later may help (``retryable``) and whether the provider was
+failing everything (``unavailable``).
 
 Messages pass through :func:`redact` before they reach an error: providers
 sometimes echo the key they refused.
@@ -32,6 +38,10 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BAD_INPUT_STATUSES = frozenset({400, 413, 422})
 AUTH_STATUSES = frozenset({401, 403})
 MAX_BACKOFF_SECONDS = 30.0
+#: A server's wait is stretched by a random share of itself, up to this.
+SPREAD_SHARE = 0.5
+#: Characters of the provider's answer shown in an error message.
+MESSAGE_DETAIL = 500
 
 
 def is_retryable(status: int | None) -> bool:
@@ -39,10 +49,10 @@ def is_retryable(status: int | None) -> bool:
     return status is None or status < 300 or status in RETRY_STATUSES or status >= 500
 
 
-def wait_before_retry(failure: HttpFailure, attempt: int, first_backoff: float) -> float:
-    """The server's own wait when it gave one, else :func:`backoff`."""
-    wait = retry_after(failure.headers) if failure.status else None
-    return wait if wait is not None else backoff(attempt, first_backoff)
+def spread(wait: float) -> float:
+    """A server's wait, stretched by up to SPREAD_SHARE of itself at random: requests
+    refused together honour it and still come back apart."""
+    return wait * random.uniform(1.0, 1.0 + SPREAD_SHARE)
 
 
 def backoff(attempt: int, first: float) -> float:
@@ -59,16 +69,28 @@ def final_error(
     tries: int,
     key_variable: str | None,
     refused_credentials: Callable[[int, str], bool],
+    gave_up: str = "",
+    unavailable: bool = False,
 ) -> ProviderError:
     """The typed error for a failure that is not retried (again): ``where`` names the
     provider and URL, ``key_variable`` the environment variable to check on a refused
-    key, ``refused_credentials`` recognises a provider's own way of saying so."""
-    status, detail = failure.status, failure.detail
+    key, ``refused_credentials`` recognises a provider's own way of saying so;
+    ``gave_up`` says why retrying stopped, and ``unavailable`` that the provider failed
+    everything on this budget for as long as patience lasted."""
+    status, detail = failure.status, failure.detail[:MESSAGE_DETAIL]
+    count = f"{tries} {'try' if tries == 1 else 'tries'}{gave_up}"
     if status is None:
-        return ProviderError(f"{where} unreachable after {tries} tries: {detail}")
+        return ProviderError(
+            f"{where} unreachable after {count}: {detail}", retryable=True, unavailable=unavailable
+        )
     if is_retryable(status):
         error = RateLimitError if status == 429 else ProviderError
-        return error(f"{where} answered {status} after {tries} tries: {detail}", status=status)
+        return error(
+            f"{where} answered {status} after {count}: {detail}",
+            status=status,
+            retryable=True,
+            unavailable=unavailable,
+        )
     if status in AUTH_STATUSES or refused_credentials(status, detail):
         variable = key_variable or "the api_key argument"
         return AuthenticationError(

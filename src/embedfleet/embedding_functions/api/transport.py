@@ -9,7 +9,9 @@ client from its transports.
 
 A transport makes exactly one attempt. Whatever goes wrong (no answer, an error
 status, an answer it cannot read) it reports as :class:`HttpFailure`, and the
-retry policy (:mod:`.retry`) alone decides what happens next.
+retry policy (:mod:`.retry`) alone decides what happens next. A transport that
+can see the answer's headers returns :class:`Answered` (payload + headers), so that
+the provider's rate-limit headers reach the quota; a bare payload works too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ class ApiRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A successful answer with its headers (names case-insensitive where the transport's
+    own mapping is, as httpx's and the OpenAI SDK's are)."""
+
+    payload: Any
+    headers: Mapping[str, str]
+
+
+#: How much of a failed answer's body a failure keeps (a Gemini 429 puts its retry
+#: delay at the end of a long body); messages show the first MESSAGE_DETAIL characters.
+DETAIL_CHARACTERS = 4000
+
+
 class HttpFailure(Exception):
     """One failed attempt: ``status`` None for no answer (timeout, connection)."""
 
@@ -41,7 +57,8 @@ class HttpFailure(Exception):
 
 
 class Transport(Protocol):
-    """Sends one request, once: returns the answer, or raises :class:`HttpFailure`."""
+    """Sends one request, once: returns the answer (or :class:`Answered`), or raises
+    :class:`HttpFailure`."""
 
     def send(self, request: ApiRequest) -> Any: ...
 
@@ -52,7 +69,8 @@ def request_url(api_base: str, path: str) -> str:
 
 
 class HttpxTransport:
-    """POSTs the body as JSON with httpx and returns the decoded JSON answer."""
+    """POSTs the body as JSON with httpx and returns the decoded JSON answer, with its
+    headers."""
 
     def __init__(self, api_base: str, *, timeout: float) -> None:
         import httpx  # an ImportError here names the provider where it is caught
@@ -69,8 +87,9 @@ class HttpxTransport:
         except httpx.TransportError as exc:  # timeouts and connection errors
             raise HttpFailure(None, {}, f"{type(exc).__name__}: {exc}") from exc
         if response.status_code >= 300:
-            raise HttpFailure(response.status_code, response.headers, response.text[:500])
+            detail = response.text[:DETAIL_CHARACTERS]
+            raise HttpFailure(response.status_code, response.headers, detail)
         try:
-            return response.json()
+            return Answered(response.json(), response.headers)
         except ValueError as exc:
             raise HttpFailure(response.status_code, {}, "unreadable JSON") from exc
