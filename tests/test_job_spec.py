@@ -142,3 +142,31 @@ def test_fleet_resources_and_start_timeout_are_read_and_checked():
     data["fleet"]["start_timeout"] = 0
     with pytest.raises(ConfigError, match=r"fleet\.start_timeout"):
         JobSpec.from_dict(data)
+
+
+def test_tuning_how_calls_run_never_changes_a_jobs_fingerprint():
+    """Pacing, retries and concurrency are operational: changing them must not re-embed."""
+    from embedfleet.job import Job
+
+    def fingerprint(**config):
+        spec = JobSpec.from_dict(
+            {
+                "source": {"uri": "docs.jsonl"},
+                "embedding": {"provider": "huggingface_server", "config": config},
+                "output": {"uri": "out"},
+            }
+        )
+        return Job(spec).fingerprint
+
+    base = fingerprint(url="http://127.0.0.1:9/embed")
+    tuned = fingerprint(
+        url="http://127.0.0.1:9/embed",
+        max_retries=2,
+        max_retry_seconds=30,
+        max_concurrency=2,
+        max_requests_per_minute=60,
+        timeout=5,
+    )
+    assert tuned == base
+    assert fingerprint(url="http://127.0.0.1:9/embed", normalize=False) != base
+    assert fingerprint(url="http://127.0.0.1:10/embed") != base

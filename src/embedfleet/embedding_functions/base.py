@@ -27,10 +27,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy.typing as npt
 from embedfleet.embedding_functions.batching import (
     CallCounts,
     CallPlan,
+    EmbeddingStats,
     cut_batches,
     deduplicate,
     enforce_limit,
@@ -57,45 +57,6 @@ DEFAULT_BATCH_SIZE = 32
 #: Batches an I/O-bound function serves at once in a fleet replica, unless it says.
 DEFAULT_IO_CONCURRENCY = 8
 ON_LONG_CHOICES = ("truncate", "error")
-
-
-@dataclass
-class EmbeddingStats:
-    """Running totals of one embedding function, readable after any call."""
-
-    calls: int = 0
-    documents: int = 0
-    embedded: int = 0  # texts actually sent to the model, after de-duplication
-    truncated: int = 0  # texts cut to the model's token limit
-    tokens: int = 0  # tokens of the texts embedded, where the function counts them
-    padded_tokens: int = 0  # tokens the model ran, padding included (batch x longest)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    @property
-    def padding_waste(self) -> float:
-        """Padded tokens per real token (1.0: no padding); 0 when nothing was counted."""
-        return self.padded_tokens / self.tokens if self.tokens else 0.0
-
-    def record(
-        self, counts: CallCounts, *, calls: int = 0, documents: int = 0, embedded: int = 0
-    ) -> None:
-        """Add one call's counts (safe from several threads)."""
-        with self._lock:
-            self.calls += calls
-            self.documents += documents
-            self.embedded += embedded
-            self.truncated += counts.truncated
-            self.tokens += counts.tokens
-            self.padded_tokens += counts.padded_tokens
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -153,6 +114,9 @@ class EmbeddingFunction(ABC):
     workload: ClassVar[Workload] = "compute"
     #: Whether calls are billed per input token (API providers); local models are not.
     bills_per_token: ClassVar[bool] = False
+    #: Config keys that change how calls run (pacing, retries, batching) but never the
+    #: vectors: left out of :meth:`vector_config`, so tuning them never re-embeds a job.
+    operational_keys: ClassVar[frozenset[str]] = frozenset()
     #: Cut batches by padded tokens (batch size x longest text) instead of by count;
     #: None: ``batch_size`` texts per batch. Local models set it (``max_batch_tokens``).
     max_batch_tokens: int | None = None
@@ -256,6 +220,10 @@ class EmbeddingFunction(ABC):
     def get_config(self) -> dict[str, Any]:
         """JSON-serializable constructor arguments; never a secret."""
         return {"batch_size": self.batch_size, "on_long": self.on_long}
+
+    def vector_config(self) -> dict[str, Any]:
+        """The part of :meth:`get_config` that decides the vectors (a job's fingerprint)."""
+        return {k: v for k, v in self.get_config().items() if k not in self.operational_keys}
 
     @classmethod
     def build_from_config(cls, config: dict[str, Any]) -> EmbeddingFunction:

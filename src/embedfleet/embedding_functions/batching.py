@@ -18,6 +18,7 @@ is kept on the function object, so one function serves many threads at once.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -45,6 +46,45 @@ class CallCounts:
 
     def as_dict(self) -> dict[str, int]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+@dataclass
+class EmbeddingStats:
+    """Running totals of one embedding function, readable after any call."""
+
+    calls: int = 0
+    documents: int = 0
+    embedded: int = 0  # texts actually sent to the model, after de-duplication
+    truncated: int = 0  # texts cut to the model's token limit
+    tokens: int = 0  # tokens of the texts embedded, where the function counts them
+    padded_tokens: int = 0  # tokens the model ran, padding included (batch x longest)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def padding_waste(self) -> float:
+        """Padded tokens per real token (1.0: no padding); 0 when nothing was counted."""
+        return self.padded_tokens / self.tokens if self.tokens else 0.0
+
+    def record(
+        self, counts: CallCounts, *, calls: int = 0, documents: int = 0, embedded: int = 0
+    ) -> None:
+        """Add one call's counts (safe from several threads)."""
+        with self._lock:
+            self.calls += calls
+            self.documents += documents
+            self.embedded += embedded
+            self.truncated += counts.truncated
+            self.tokens += counts.tokens
+            self.padded_tokens += counts.padded_tokens
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 @dataclass

@@ -63,7 +63,9 @@ class Job:
         self.function: EmbeddingFunction = registry.build(
             spec.embedding.provider, spec.embedding.config
         )
-        self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
+        self.fingerprint = spec.fingerprint(
+            self.function.provider_name, self.function.vector_config()
+        )
         self.output = OutputStore(spec.output.uri, spec.output.storage_options)
         self.budget()  # a max_cost without a price fails here, before any work
 

@@ -102,6 +102,19 @@ class HttpEmbeddingFunction(EmbeddingFunction):
     requirements = (Requirement("httpx", API_INSTALL_HINT),)
     workload = "io"  # waits on the provider: replicas reserve no CPU
     bills_per_token = True
+    operational_keys = frozenset(
+        {
+            "api_key_env_var",
+            "timeout",
+            "max_retries",
+            "max_retry_seconds",
+            "retry_backoff_seconds",
+            "max_requests_per_minute",
+            "max_tokens_per_minute",
+            "max_concurrency",
+            "batch_size",
+        }
+    )
     #: The provider's documented limit of inputs in one request.
     max_inputs_per_request: ClassVar[int] = 96
     #: The provider's documented limit of tokens summed over one request, if any.
