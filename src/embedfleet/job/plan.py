@@ -22,10 +22,10 @@ from embedfleet.job.billing import billed_tokens
 from embedfleet.job.exact import ExactCounts
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import SourceSpec
-from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
+from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker, Snapshot
 
 PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
-PLAN_SAMPLE_SHARDS = 8  # ... from this many shards spread over the dataset
+PLAN_SAMPLE_PIECES = 16  # ... from this many files (or ranges) spread over the dataset
 
 
 @dataclass
@@ -43,6 +43,7 @@ class JobPlan:
     base: str | None = None  # incremental: the snapshot unchanged rows are carried from
     up_to_date: bool = False  # the latest snapshot holds the source as listed now: no run
     exact: ExactCounts | None = None  # plan --exact: every record read and counted
+    packing: dict[str, Any] | None = None  # how small files were packed (None: one per shard)
 
     @property
     def estimated_cost(self) -> float | None:
@@ -165,15 +166,9 @@ def choose_snapshot(
     if mode == "overwrite":
         return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every row again")
     latest = output.latest()
-    unfinished = [
-        run
-        for run in output.snapshot_ids()
-        if (latest is None or run > latest) and not output.snapshot(run).is_complete()
-    ]
+    newest, info = _newest_unfinished(output, latest)
     left = ""
-    if unfinished:
-        newest = output.snapshot(unfinished[-1])
-        info = newest.run_info() or {}
+    if newest is not None:
         if info.get("fingerprint") == fingerprint:
             committed = len(still_committed(newest.commits(), shards))
             base = info.get("base")
@@ -188,6 +183,56 @@ def choose_snapshot(
             "and is left as it is; "
         )
     return _from_latest(output, fingerprint, latest, shards, left)
+
+
+def _newest_unfinished(
+    output: OutputStore, latest: str | None
+) -> tuple[Snapshot | None, dict[str, Any]]:
+    """The newest unfinished snapshot newer than ``latest``, and its ``_run.json``."""
+    unfinished = [
+        run
+        for run in output.snapshot_ids()
+        if (latest is None or run > latest) and not output.snapshot(run).is_complete()
+    ]
+    if not unfinished:
+        return None, {}
+    newest = output.snapshot(unfinished[-1])
+    return newest, newest.run_info() or {}
+
+
+def plan_source(
+    output: OutputStore, source: SourceSpec, rows_per_shard: int, mode: str, fingerprint: str
+) -> sources.SourcePlan:
+    """The source's shards as a run would cut them now.
+
+    A resumed snapshot is planned as it was: with the bytes per row its ``_run.json``
+    recorded, so its committed shards keep their ids, or, written before packed shards
+    (no ``packing`` recorded), one file per shard as then, so the run continues it; the
+    next snapshot packs. A new snapshot reuses the base's bytes per row where the sample
+    agrees, so unchanged packed shards keep their ids and are copied whole.
+    """
+    listing = sources.list_source(source)
+    if mode != "overwrite":
+        newest, info = _newest_unfinished(output, output.latest())
+        if newest is not None and info.get("fingerprint") == fingerprint:
+            recorded = info.get("packing")
+            if recorded is None:
+                plan = sources.plan_listing(listing, source, rows_per_shard, packed=False)
+                plan.notes.append(
+                    f"{newest.relative} was written before packed shards: it is continued "
+                    "one file per shard; the next snapshot packs small files"
+                )
+                return plan
+            bytes_per_row = recorded.get("bytes_per_row", {})
+            return sources.plan_listing(
+                listing, source, rows_per_shard, recorded=bytes_per_row, exactly=True
+            )
+    latest = output.latest()
+    info = (output.snapshot(latest).run_info() or {}) if latest and mode != "overwrite" else {}
+    recorded = (info.get("packing") or {}).get("bytes_per_row")
+    if info.get("fingerprint") != fingerprint:
+        recorded = None
+    return sources.plan_listing(listing, source, rows_per_shard, recorded=recorded)
 
 
 def _from_latest(
@@ -246,22 +291,27 @@ def estimate_tokens(
     """Tokens of every shard, and how they were found.
 
     Small datasets are read whole and counted. Larger ones are sampled: up to
-    ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
-    over the dataset, scaled by the planned row count (an estimate, and said so).
+    ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_PIECES`` pieces (files, or
+    ranges of large ones) spread over the dataset, scaled by the planned row count (an
+    estimate, and said so): a few dozen reads, however many files there are.
     """
     if not shards:
         return 0, "no rows"
-    picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
-    per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
+    pieces = [(shard, piece) for shard in shards for piece in shard.pieces]
+    picks = _spread(len(pieces), PLAN_SAMPLE_PIECES)
+    per_piece = max(1, PLAN_SAMPLE_ROWS // len(picks))
     rows = counted = 0
-    whole = len(picks) == len(shards)
+    whole = len(picks) == len(pieces)
     for index in picks:
+        shard, piece = pieces[index]
         try:
-            shard_rows, shard_tokens, complete = _sample(shards[index], source, counter, per_shard)
+            piece_rows, piece_tokens, complete = _sample(
+                shard.single(piece), source, counter, per_piece
+            )
         except (EmbedfleetError, OSError):  # fails when run, naming the file
             whole = False
             continue
-        rows, counted, whole = rows + shard_rows, counted + shard_tokens, whole and complete
+        rows, counted, whole = rows + piece_rows, counted + piece_tokens, whole and complete
     if whole:
         return counted, f"counted over all {rows:,} rows"
     if not rows:  # a token is at least one byte of UTF-8
@@ -269,8 +319,8 @@ def estimate_tokens(
         return upper, "upper bound from text bytes (no rows could be sampled)"
     total_rows = max(rows, sum(shard.estimated_rows for shard in shards))
     return math.ceil(counted * total_rows / rows), (
-        f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
-        f"scaled to ~{total_rows:,} rows"
+        f"estimated from {rows:,} sampled rows ({len(picks)} of {len(pieces)} files or "
+        f"ranges), scaled to ~{total_rows:,} rows"
     )
 
 

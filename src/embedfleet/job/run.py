@@ -1,8 +1,10 @@
 """``Job``: plan a run, then embed every shard not yet committed, on Ray.
 
 The driver only decides and schedules: it holds the output's lock, picks the
-snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
-(``2 x replicas``), so neither memory nor Ray's queue grows with the dataset.
+snapshot, starts the fleet, and keeps a bounded window of shard tasks in flight
+(``schedule.py``: ``2 x replicas`` for shards of the default size, more for small
+shards), collecting finished ones in bulk, so neither memory nor Ray's queue grows
+with the dataset.
 ``_latest`` moves only when every planned shard committed; a failed shard, a
 signal or the budget leave the snapshot resumable, and a re-run embeds only what
 is missing. A re-run over a source that has not changed since the latest
@@ -19,10 +21,8 @@ fingerprint, so a re-run with a higher budget resumes the same snapshot.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +32,21 @@ from embedfleet import pricing
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError
-from embedfleet.job import incremental, sources
+from embedfleet.job import incremental
 from embedfleet.job.exact import count_exactly
-from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
+from embedfleet.job.plan import (
+    JobPlan,
+    choose_snapshot,
+    estimate_tokens,
+    plan_source,
+    still_committed,
+)
 from embedfleet.job.progress import ShardProgress
-from embedfleet.job.result import JobResult, failure_kind
+from embedfleet.job.result import JobResult
 from embedfleet.job.run_control import StopOnSignal, locked_run
-from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
-from embedfleet.job.sources import Shard
+from embedfleet.job.run_state import RunState
+from embedfleet.job.schedule import RayExecutor, Scheduler, window_for
+from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
@@ -83,8 +90,12 @@ class Job:
         rows and the output's markers: nothing is embedded or written. ``exact``: read
         every record and the base's ids and hashes, and count (``exact.py``)."""
         price, limit = self.budget()
-        shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        choice = choose_snapshot(self.output, self.spec.output.policy, self.fingerprint, shards)
+        output = self.spec.output
+        planned = plan_source(
+            self.output, self.spec.source, output.rows_per_shard, output.policy, self.fingerprint
+        )
+        shards = planned.shards
+        choice = choose_snapshot(self.output, output.policy, self.fingerprint, shards)
         estimated_tokens, basis = 0, "up to date: nothing to embed"
         if not choice.up_to_date:
             estimated_tokens, basis = estimate_tokens(shards, self.spec.source, self.function)
@@ -97,12 +108,13 @@ class Job:
             estimated_tokens=estimated_tokens,
             snapshot=choice.snapshot,
             committed=choice.committed,
-            note=choice.note,
+            note="; ".join([choice.note, *planned.notes]),
             token_basis=basis,
             price=price,
             token_limit=limit,
             base=choice.base,
             up_to_date=choice.up_to_date,
+            packing=planned.packing,
         )
         if exact:
             done = self.output.snapshot(choice.snapshot).commits() if choice.snapshot else {}
@@ -151,7 +163,7 @@ class Job:
         )
         for marker in committed.values():
             result.count_resumed(marker)
-        run = _Run(plan, snapshot, result, todo, signals, progress, on_shard, started)
+        run = RunState(plan, snapshot, result, todo, signals, progress, on_shard, started)
         try:
             # the fleet first: the metadata comes from a replica (see _metadata)
             if todo or recorded is None:
@@ -205,7 +217,7 @@ class Job:
             return dict(recorded)
         return {**embedding_metadata(fleet), "job_fingerprint": self.fingerprint}
 
-    def _run_info(self, run: _Run) -> dict[str, Any]:
+    def _run_info(self, run: RunState) -> dict[str, Any]:
         """``_run.json`` of a new snapshot: what a resume checks and a reader trusts."""
         return {
             "run_id": run.snapshot.run_id,
@@ -215,21 +227,27 @@ class Job:
             "shards": [shard.shard_id for shard in run.plan.shards],
             "mode": self.spec.output.policy,
             "base": run.plan.base,
+            "packing": run.plan.packing,
         }
 
-    def _embed_shards(self, run: _Run) -> float:
-        """Keep up to ``2 x replicas`` shard tasks in flight until every shard is in, the
-        budget refused one or a signal came; returns when the last shard was in."""
+    def _embed_shards(self, run: RunState) -> float:
+        """Keep a window of shard tasks in flight (``schedule.window_for``: ``2 x
+        replicas`` for shards of the default size, more for small ones) until every shard
+        is in, the budget refused one or a signal came; returns when the last shard was in."""
         import ray
 
         result, fleet = run.result, run.fleet
         assert fleet is not None
         result.placement = list(fleet.placement)
-        window = max(2, 2 * self.spec.fleet.replicas)
+        fleet_spec = self.spec.fleet
+        rows = sum(shard.estimated_rows for shard in run.todo) / max(1, len(run.todo))
+        window = window_for(
+            fleet_spec.replicas, rows, fleet.batch_size, fleet_spec.max_pending_per_replica
+        )
         # Start the shard tasks' worker processes now (imports included): part of
         # start-up, not of the first shards' time.
         warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
-        ray.get([warm.remote() for _ in range(window)])
+        ray.get([warm.remote() for _ in range(min(window, 2 * fleet_spec.replicas))])
         result.startup_seconds = time.perf_counter() - run.started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
         if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
@@ -245,17 +263,19 @@ class Job:
             base=run.base,
         )
         context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
-        queue = list(run.todo)
-        while ((queue and not result.budget_stopped) or run.pending) and not run.stop.is_set():
-            while queue and len(run.pending) < window and not result.budget_stopped:
-                shard = queue.pop(0)
-                run.pending[task.remote(shard, context_ref)] = shard
-            done, _ = ray.wait(list(run.pending), num_returns=1, timeout=1.0)
-            for ref in done:
-                run.collect(ref)
+        scheduler = Scheduler(
+            RayExecutor(task, context_ref),
+            window,
+            run.collect,
+            halted=lambda: result.budget_stopped,
+            stopped=run.stop.is_set,
+            after_pass=run.show_progress,
+        )
+        run.pending = scheduler.pending  # what release() cancels
+        scheduler.run(run.todo)
         return time.perf_counter()  # the last shard is in; what follows is the finish
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: RunState) -> None:
         """Count what is left; when nothing is, make the snapshot complete: drop stale
         commits, check ids, roll up the manifest, move ``_latest``, prune."""
         plan, snapshot, result = run.plan, run.snapshot, run.result
@@ -318,76 +338,6 @@ class Job:
                 f"id column {self.spec.source.id_column!r} has duplicate values across "
                 f"files: {sorted(map(str, duplicates))[:10]}"
             )
-
-
-@dataclass
-class _Run:
-    """One run of a job, from its plan to its finish: what the steps share, and, in
-    ``release``, the one place the run lets go of what it started on Ray."""
-
-    plan: JobPlan
-    snapshot: Snapshot
-    result: JobResult
-    todo: list[Shard]  # planned shards without a commit that still counts
-    signals: StopOnSignal  # SIGINT/SIGTERM set its ``stop``
-    progress: bool  # show a progress bar
-    on_shard: Callable[[ShardMarker], None] | None
-    started: float  # perf_counter() when run() was called
-    metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
-    fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
-    budget: Any = None  # the TokenBudget actor, with a token limit
-    base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
-    bar: ShardProgress | None = None
-    pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
-    shards_done: int = 0
-
-    @property
-    def stop(self) -> threading.Event:
-        return self.signals.stop
-
-    def collect(self, ref: Any) -> None:
-        """Count one finished shard task; one shard's failure never stops the others."""
-        import ray
-
-        shard, result = self.pending.pop(ref), self.result
-        try:
-            answer = ray.get(ref)
-        except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
-            result.count_failed(shard.shard_id, shard.relative_path, message, failure_kind(exc))
-            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
-            self._advance(shard.estimated_rows)
-            return
-        if isinstance(answer, OverBudget):  # not embedded: no further shard starts
-            result.budget_stopped = True
-            return
-        result.count_committed(answer)
-        self._advance(answer.rows)
-        if self.on_shard is not None:
-            self.on_shard(answer)
-
-    def _advance(self, rows: int) -> None:
-        self.shards_done += 1
-        if self.bar is not None:
-            self.bar.advance(rows, self.result, self.shards_done, len(self.todo))
-
-    def release(self) -> None:
-        """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
-        the bar: after the last shard, and however the run ends."""
-        if self.pending:
-            import ray
-
-            for ref in self.pending:
-                ray.cancel(ref, force=True)
-        if self.fleet is not None:
-            self.fleet.shutdown()
-        if self.budget is not None:
-            import ray
-
-            ray.kill(self.budget)
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _warm_worker() -> None:

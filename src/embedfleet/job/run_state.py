@@ -1,0 +1,100 @@
+"""One run's state, from its plan to its finish, and the one place it lets go of Ray.
+
+``Job.run`` (``run.py``) makes one :class:`RunState` per run: the steps share it, the
+scheduler reports each finished shard to ``collect``, and ``release`` cancels the shard
+tasks in flight, shuts the fleet down, kills the budget actor and closes the progress
+bar, however the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from embedfleet.job import incremental
+from embedfleet.job.plan import JobPlan
+from embedfleet.job.progress import ShardProgress
+from embedfleet.job.result import JobResult, failure_kind
+from embedfleet.job.run_control import StopOnSignal
+from embedfleet.job.shard_task import OverBudget
+from embedfleet.job.shards import Shard
+from embedfleet.job.store import ShardMarker, Snapshot
+
+if TYPE_CHECKING:
+    from embedfleet.fleet import RemoteEmbeddingFunction
+
+logger = logging.getLogger("embedfleet.job.run")
+
+
+@dataclass
+class RunState:
+    """One run of a job, from its plan to its finish: what the steps share, and, in
+    ``release``, the one place the run lets go of what it started on Ray."""
+
+    plan: JobPlan
+    snapshot: Snapshot
+    result: JobResult
+    todo: list[Shard]  # planned shards without a commit that still counts
+    signals: StopOnSignal  # SIGINT/SIGTERM set its ``stop``
+    progress: bool  # show a progress bar
+    on_shard: Callable[[ShardMarker], None] | None
+    started: float  # perf_counter() when run() was called
+    metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
+    fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
+    budget: Any = None  # the TokenBudget actor, with a token limit
+    base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
+    bar: ShardProgress | None = None
+    pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
+    shards_done: int = 0
+    rows_done: int = 0  # rows of the shards collected since the bar last moved
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.signals.stop
+
+    def collect(self, shard: Shard, answer: Any, error: BaseException | None) -> None:
+        """Count one finished shard task; one shard's failure never stops the others."""
+        result = self.result
+        self.shards_done += 1
+        if error is not None:
+            cause = getattr(error, "cause", None) or error
+            text = str(cause)
+            file = shard.file_named_in(text)
+            message = text if shard.root + file in text else f"{shard.describe()}: {cause}"
+            result.count_failed(shard.shard_id, file, message, failure_kind(error))
+            logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.describe(), cause)
+            self.rows_done += shard.estimated_rows
+            return
+        if isinstance(answer, OverBudget):  # not embedded: no further shard starts
+            result.budget_stopped = True
+            return
+        result.count_committed(answer)
+        self.rows_done += answer.rows
+        if self.on_shard is not None:
+            self.on_shard(answer)
+
+    def show_progress(self) -> None:
+        """Move the bar by the rows of the shards collected since the last pass."""
+        if self.bar is not None:
+            self.bar.advance(self.rows_done, self.result, self.shards_done, len(self.todo))
+        self.rows_done = 0
+
+    def release(self) -> None:
+        """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
+        the bar: after the last shard, and however the run ends."""
+        if self.pending:
+            import ray
+
+            for ref in self.pending:
+                ray.cancel(ref, force=True)
+        if self.fleet is not None:
+            self.fleet.shutdown()
+        if self.budget is not None:
+            import ray
+
+            ray.kill(self.budget)
+        if self.bar is not None:
+            self.bar.close()
