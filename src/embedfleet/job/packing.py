@@ -3,7 +3,7 @@
 Small files, sorted by relative path, are packed into shards of about ``rows_per_shard``
 (``target``) rows. Running counts would make every boundary depend on every file before
 it: one file added at the front would rename every shard after it. Here a boundary
-depends only on the files within about half a shard of it.
+depends only on the files within about a shard of it.
 
 The rule, content-defined like the chunk boundaries of rsync or restic:
 
@@ -12,7 +12,7 @@ The rule, content-defined like the chunk boundaries of rsync or restic:
 - Lay the files end to end: file i ends at position ``P[i]``, the sum of the weights up
   to and including it. Cutting after file i is a *candidate* cut at ``P[i]``.
 - File i is an *anchor* when its key is smaller than the key of every other file j with
-  ``|P[j] - P[i]| <= RADIUS * target`` (a local minimum within half a shard either way),
+  ``|P[j] - P[i]| <= RADIUS * target`` (a local minimum within 0.7 of a shard either way),
   and it lies more than that radius from both ends of the run. A shard ends after each
   anchor.
 - A stretch between two anchors heavier than ``CAP * target`` is cut into
@@ -22,11 +22,15 @@ Why it is stable: ``P[j] - P[i]`` is the weight of the files between i and j, so
 adding, removing or resizing a file changes only the distances that span it, hence
 only whether files within the radius of it are anchors; the forced cuts of a stretch
 depend only on that stretch. Every shard more than about one shard away from the
-change keeps its files and its id. Why about ``target`` rows: two anchors are more than
-the radius apart (each is the minimum of a window holding the other), and local minima
-of random keys over windows of ``2 x 0.55 x target`` are on average about that far
-apart, so packs average about 1.06 x target (simulated: a 100,000-row corpus cut for
-10,000-row shards gave 8-13 shards, most often 10; none above ``CAP`` x target).
+change keeps its files and its id (over 300 random edits of a 4,000-file run: one
+pack changed in 80%, two in 15%, three or four in the rest).
+
+Why about ``target`` rows: two anchors are more than the radius apart (each is the
+minimum of a window holding the other), and local minima of random keys over windows of
+``2 x 0.7 x target`` fall about ``1.4 x target`` apart, which the cap's even split
+brings back to about ``target``. Simulated over 50 random path sets of 5,000 files of
+20 rows cut for 10,000-row shards (``ceil`` = 10): 8 to 12 shards (9-11 in 48 of 50),
+each of 0.70-1.49 x target, 1.02 x target on average.
 """
 
 from __future__ import annotations

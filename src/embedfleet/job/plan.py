@@ -44,6 +44,7 @@ class JobPlan:
     up_to_date: bool = False  # the latest snapshot holds the source as listed now: no run
     exact: ExactCounts | None = None  # plan --exact: every record read and counted
     packing: dict[str, Any] | None = None  # how small files were packed (None: one per shard)
+    files: int = 0  # files listed
 
     @property
     def estimated_cost(self) -> float | None:
@@ -75,7 +76,7 @@ class JobPlan:
         rows: list[tuple[str, object]] = [
             ("counts", self.counts),
             ("fingerprint", self.fingerprint),
-            ("shards", len(self.shards)),
+            ("shards", f"{len(self.shards):,} ({self.files:,} files)"),
         ]
         if self.exact is None:
             rows += [
@@ -108,6 +109,7 @@ class JobPlan:
         return {
             "fingerprint": self.fingerprint,
             "shards": len(self.shards),
+            "files": self.files,
             "estimated_rows": self.estimated_rows,
             "estimated_tokens": self.estimated_tokens,
             "token_basis": self.token_basis,

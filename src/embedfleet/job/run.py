@@ -115,6 +115,7 @@ class Job:
             base=choice.base,
             up_to_date=choice.up_to_date,
             packing=planned.packing,
+            files=planned.files,
         )
         if exact:
             done = self.output.snapshot(choice.snapshot).commits() if choice.snapshot else {}
