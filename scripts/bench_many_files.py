@@ -12,8 +12,13 @@ on the same machine:
 - Ray Data on the small-files folder, as its documentation recommends for a job like this
   on a small machine: ``read_json`` -> ``map_batches`` (a callable class with the same
   hash function, ``concurrency = --replicas`` actors, ``batch_size=1024``) ->
-  ``write_parquet``; read and write tasks ask for ``num_cpus=0.2`` so that they do not
-  starve behind the actors on 2 CPUs (docs: "Ray Data ... resource allocation").
+  ``write_parquet``, with CPU requests that leave the read and write tasks room beside the
+  actors on 2 CPUs (reads and writes ``num_cpus=0.2``, each actor ``0.5``: the hash
+  function is as cheap as embedfleet's zero-CPU replicas find it; with 1-CPU actors the
+  two actors hold both CPUs and the reads never start).
+
+Ray Data needs pandas, which embedfleet does not: ``pip install pandas`` first (or pass
+``--no-ray-data``).
 
 Reports wall time (process start to exit: Python, Ray start-up, planning, embedding and
 writing), rows written and part files per run, and the ratios the targets are stated in.
@@ -31,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+RUN_TIMEOUT = 1800  # seconds for one run, start-up included
+
 RAY_DATA = """
 import sys, ray, numpy as np, pyarrow as pa
 from embedfleet.testing import HashEmbeddingFunction
@@ -47,10 +54,11 @@ class Embed:
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 64)
         return pa.table({"id": batch["id"], "embedding": column})
 
-light = {"num_cpus": 0.2}
-dataset = ray.data.read_json(source, ray_remote_args=light)
-dataset = dataset.map_batches(Embed, concurrency=replicas, batch_size=1024, batch_format="pyarrow")
-dataset.write_parquet(output, ray_remote_args=light)
+dataset = ray.data.read_json(source, num_cpus=0.2)
+dataset = dataset.map_batches(
+    Embed, concurrency=replicas, num_cpus=0.5, batch_size=1024, batch_format="pyarrow"
+)
+dataset.write_parquet(output, ray_remote_args={"num_cpus": 0.2})
 """
 
 
@@ -68,7 +76,7 @@ def write_corpus(folder: Path, rows: int, files: int) -> None:
 
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=RUN_TIMEOUT)
     return time.perf_counter() - started
 
 
@@ -139,21 +147,31 @@ def main(argv: list[str] | None = None) -> int:
             "rows": arguments.rows,
             "rows_per_shard": arguments.rows_per_shard,
             "replicas": arguments.replicas,
-            "embedfleet_small_files": embedfleet_run(small, root / "out-small", arguments),
-            "embedfleet_large_files": embedfleet_run(large, root / "out-large", arguments),
+            "part_file_limit": -(-arguments.rows // arguments.rows_per_shard),
+        }
+        runs = {
+            "embedfleet_small_files": lambda: embedfleet_run(small, root / "out-small", arguments),
+            "embedfleet_large_files": lambda: embedfleet_run(large, root / "out-large", arguments),
         }
         if not arguments.no_ray_data:
-            report["ray_data_small_files"] = ray_data_run(
+            runs["ray_data_small_files"] = lambda: ray_data_run(
                 small, root / "ray-data", arguments.replicas
             )
-    small_run, large_run = report["embedfleet_small_files"], report["embedfleet_large_files"]
-    report["small_over_large"] = round(small_run["seconds"] / large_run["seconds"], 2)
-    report["part_file_limit"] = -(-arguments.rows // arguments.rows_per_shard)
-    if "ray_data_small_files" in report:
-        ratio = small_run["seconds"] / report["ray_data_small_files"]["seconds"]
-        report["embedfleet_over_ray_data"] = round(ratio, 2)
+        for name, run in runs.items():
+            try:
+                report[name] = run()
+            except (subprocess.SubprocessError, OSError) as exc:  # say so, keep the others
+                report[name] = {"failed": str(exc)[:300]}
+    seconds = {name: report[name].get("seconds") for name in runs}
+    small_seconds = seconds["embedfleet_small_files"]
+    if small_seconds and seconds["embedfleet_large_files"]:
+        report["small_over_large"] = round(small_seconds / seconds["embedfleet_large_files"], 2)
+    if small_seconds and seconds.get("ray_data_small_files"):
+        report["embedfleet_over_ray_data"] = round(
+            small_seconds / seconds["ray_data_small_files"], 2
+        )
     print(json.dumps(report, indent=2))
-    return 0
+    return 0 if all(seconds.values()) else 1
 
 
 if __name__ == "__main__":

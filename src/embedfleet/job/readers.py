@@ -63,6 +63,8 @@ def head_columns(head: bytes, fmt: str, uri: str) -> list[str] | None:
     """The CSV header, or the keys found in the first JSONL records of ``head`` (the
     start of a file, decompressed: up to ``SAMPLE_RECORDS`` whole lines; one record
     without a key is a bad record, not a misspelt column); ``None`` if none is found."""
+    if fmt not in ("csv", "jsonl"):
+        return None
     handle = io.BytesIO(head)
     if fmt == "csv":
         try:
