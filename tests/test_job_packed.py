@@ -136,6 +136,7 @@ def test_a_reject_in_a_packed_shard_names_its_file_and_line(tmp_path):
     assert marker.unit == "files" and marker.end == 40
     (reject,) = pq.read_table(snapshot.path(marker.rejects)).to_pylist()
     assert (reject["file"], reject["line"], reject["kind"]) == ("f00023.jsonl", 3, "empty_text")
+    assert Job(spec).plan().up_to_date  # the same files plan the same packed shard again
 
 
 # -- outputs written before packing -------------------------------------------------------------

@@ -87,6 +87,8 @@ def test_planning_many_small_objects_costs_the_listing_and_a_bounded_sample(coun
         return Counter(kind(request) for request in requests), shards
 
     many, many_shards = planning("big")
+    listed = s3fs.S3FileSystem(**options)  # the listing streamed: s3fs cached none of it
+    assert not [path for path in listed.dircache if "corpus-many/big" in path]
     few, few_shards = planning("small")
     print(f"requests: 5,000 objects {dict(many)}, 500 objects {dict(few)}")
     assert len(many_shards) <= 10 + 2 and len(few_shards) == 1
