@@ -129,17 +129,15 @@ def test_adding_removing_or_changing_one_file_changes_only_its_neighbouring_shar
         assert after[kept] == before[kept]
 
 
-def test_20000_text_file_documents_plan_to_a_handful_of_shards(tmp_path):
-    folder = tmp_path / "pages"
-    for number in range(20):
-        (folder / f"s{number:02d}").mkdir(parents=True)
-        for index in range(1000):
-            (folder / f"s{number:02d}" / f"doc{index:04d}.md").write_text(f"page {index}")
-    SyntheticFileSystem.opened = 0
-    shards = plan(SourceSpec(uri=str(folder), format="text_file"), 10_000)
+@pytest.mark.usefixtures("synthetic")
+def test_20000_text_file_documents_plan_to_a_handful_of_shards_reading_none():
+    options = {"files": 20_000, "rows_per_file": 3}
+    source = SourceSpec(uri="synthetic:///corpus", format="text_file", storage_options=options)
+    shards = plan(source, 10_000)  # (a real run over 3,000 pages: test_job_packed.py)
     assert 2 <= len(shards) <= 4
     assert sum(len(shard.pieces) for shard in shards) == 20_000
     assert {piece.unit for shard in shards for piece in shard.pieces} == {"file"}
+    assert SyntheticFileSystem.opened == 0  # a text_file document is one row: nothing to sample
 
 
 def test_large_files_are_split_as_before_and_keep_their_shard_ids(tmp_path):

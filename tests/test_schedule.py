@@ -100,7 +100,7 @@ def test_halting_submits_nothing_more_and_lets_the_shards_in_flight_finish():
         executor, 8, lambda shard, answer, error: done.append(shard), halted=lambda: len(done) >= 3
     )
     scheduler.run(todo)
-    assert len(executor.submitted) == 8 + 2  # refilled once before the third came in
+    assert len(executor.submitted) == 8 + 2  # a slot refilled per shard until the third came in
     assert len(done) == len(executor.submitted) and not scheduler.pending
 
 
