@@ -212,7 +212,7 @@ def test_plan_counts_small_datasets_whole_and_scales_a_sample_of_large_ones(tmp_
     assert plan.token_basis == "counted over all 30 rows"
 
     monkeypatch.setattr(job_plan, "PLAN_SAMPLE_ROWS", 60)
-    monkeypatch.setattr(job_plan, "PLAN_SAMPLE_SHARDS", 4)
+    monkeypatch.setattr(job_plan, "PLAN_SAMPLE_PIECES", 4)
     (tmp_path / "large").mkdir()
     large = make_spec(tmp_path / "large", 2000, 100)
     plan = Job(large).plan()

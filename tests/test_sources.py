@@ -139,7 +139,11 @@ def test_text_file_reads_one_document_per_file(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("other", encoding="utf-8")
     source = SourceSpec(uri=str(tmp_path), format="text_file")
-    assert [shard.unit for shard in plan(source, 10)] == ["file", "file"]
+    (shard,) = plan(source, 10)  # two small documents: one packed shard of two whole files
+    assert [(piece.relative_path, piece.unit) for piece in shard.pieces] == [
+        ("a.md", "file"),
+        ("sub/b.txt", "file"),
+    ]
     ids, texts, _ = read_all(source)
     assert ids == ["a.md", "sub/b.txt"]
     assert texts == ["# Title\n\nbody\n", "other"]
@@ -181,8 +185,8 @@ def test_glob_matches_recursively_relative_to_its_fixed_part(tmp_path):
     write_jsonl(tmp_path / "data" / "p2" / "deep" / "y.jsonl", [{"text": "y"}])
     (tmp_path / "data" / "p1" / "skip.csv").write_text("text\nno\n")
     source = SourceSpec(uri=str(tmp_path / "data" / "**" / "*.jsonl"))
-    shards = plan(source, 10)
-    assert [shard.relative_path for shard in shards] == ["p1/x.jsonl", "p2/deep/y.jsonl"]
+    files = [piece.relative_path for shard in plan(source, 10) for piece in shard.pieces]
+    assert files == ["p1/x.jsonl", "p2/deep/y.jsonl"]
     assert read_all(source)[1] == ["x", "y"]
 
 

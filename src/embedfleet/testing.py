@@ -3,7 +3,9 @@
 ``HashEmbeddingFunction`` (registered as ``"hash"``; it lives with the other
 providers in :mod:`embedfleet.embedding_functions.hash`): deterministic vectors
 from a hash of the text, numpy only. ``RateLimitedServer``: a TEI-style server
-on 127.0.0.1 that enforces a requests/minute quota.
+on 127.0.0.1 that enforces a requests/minute quota. ``SyntheticFileSystem``: an
+fsspec filesystem (``synthetic://``) serving any number of generated JSON Lines
+files without storing them, counting the files it opens.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from embedfleet.embedding_functions.hash import HashEmbeddingFunction
 
-__all__ = ["HashEmbeddingFunction", "RateLimitedServer"]
+__all__ = ["HashEmbeddingFunction", "RateLimitedServer", "SyntheticFileSystem"]
 
 
 class RateLimitedServer:
@@ -164,3 +166,87 @@ class RateLimitedServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+def _synthetic_base() -> type:
+    from fsspec.spec import AbstractFileSystem
+
+    return AbstractFileSystem
+
+
+class SyntheticFileSystem(_synthetic_base()):  # type: ignore[misc]
+    """``synthetic:///corpus/dNNNN/fNNNNNNN.jsonl``: ``files`` JSON Lines files of
+    ``rows_per_file`` rows, ``per_directory`` to a directory, made up when listed or
+    read, never stored: a million files cost nothing until planning holds them.
+
+    Each line is ``{"text": "synthetic row FFFFFFF-RRRR ..."}`` padded to a fixed width,
+    so a file's size is known without making it. ``SyntheticFileSystem.opened`` counts
+    the files opened by every instance (fsspec keeps one per thread; planning should open
+    a bounded sample, not every file). Pass the keyword arguments as ``storage_options``.
+    """
+
+    protocol = "synthetic"
+    root_marker = "/"
+    LINE = 64  # bytes per line, newline included
+    MTIME = 1_700_000_000.0
+    opened = 0  # files opened, all instances together
+
+    def __init__(
+        self, files: int = 1000, rows_per_file: int = 20, per_directory: int = 1000, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.files = files
+        self.rows_per_file = rows_per_file
+        self.per_directory = per_directory
+
+    def _file(self, index: int) -> dict[str, Any]:
+        name = f"/corpus/d{index // self.per_directory:04d}/f{index:07d}.jsonl"
+        size = self.LINE * self.rows_per_file
+        return {"name": name, "size": size, "type": "file", "mtime": self.MTIME}
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path).rstrip("/") or "/"
+        directories = -(-self.files // self.per_directory)
+        if path == "/":
+            entries = [{"name": "/corpus", "size": 0, "type": "directory"}]
+        elif path == "/corpus":
+            entries = [
+                {"name": f"/corpus/d{number:04d}", "size": 0, "type": "directory"}
+                for number in range(directories)
+            ]
+        elif path.startswith("/corpus/d") and path.count("/") == 2:
+            number = int(path.rsplit("d", 1)[1])
+            first = number * self.per_directory
+            last = min(first + self.per_directory, self.files)
+            entries = [self._file(index) for index in range(first, last)]
+        else:
+            raise FileNotFoundError(path)
+        return entries if detail else [entry["name"] for entry in entries]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path).rstrip("/") or "/"
+        if path.endswith(".jsonl"):
+            index = int(path.rsplit("f", 1)[1].split(".")[0])
+            if index < self.files and self._file(index)["name"] == path:
+                return self._file(index)
+            raise FileNotFoundError(path)
+        if path in ("/", "/corpus") or (path.startswith("/corpus/d") and path.count("/") == 2):
+            return {"name": path, "size": 0, "type": "directory"}
+        raise FileNotFoundError(path)
+
+    def content(self, index: int) -> bytes:
+        lines = []
+        for row in range(self.rows_per_file):
+            text = f"synthetic row {index:07d}-{row:04d}"
+            line = '{"text": "' + text.ljust(self.LINE - 13) + '"}\n'
+            lines.append(line.encode())
+        return b"".join(lines)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        import io
+
+        info = self.info(path)
+        if info["type"] != "file" or "r" not in mode:
+            raise OSError(f"{path}: synthetic files can only be read")
+        SyntheticFileSystem.opened += 1
+        return io.BytesIO(self.content(int(info["name"].rsplit("f", 1)[1].split(".")[0])))

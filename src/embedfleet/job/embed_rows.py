@@ -43,14 +43,17 @@ class RowsToEmbed:
     texts: list[str] = field(default_factory=list)
     doc_ids: list[str] = field(default_factory=list)  # each row's document
     wheres: list[Where] = field(default_factory=list)  # each row's document in its file
+    files: list[str] = field(default_factory=list)  # each row's file (a packed shard reads many)
     columns: dict[str, list[Any]] = field(default_factory=dict)  # chunk, text, passthrough
     rejects: list[BadRecord] = field(default_factory=list)
+    file: str = ""  # the file rows are being added from
 
     def add(self, id_: str, doc_id: str, text: str, where: Where, output: dict[str, Any]) -> None:
         self.ids.append(id_)
         self.doc_ids.append(doc_id)
         self.texts.append(text)
         self.wheres.append(where)
+        self.files.append(self.file)
         for name, value in output.items():
             self.columns[name].append(value)
         if "text" in self.columns:
@@ -82,6 +85,7 @@ def read_rows(shard: Shard, spec: JobSpec, chunker: Chunker | None) -> RowsToEmb
     for piece in sources.read_shard(shard, spec.source):
         rows.records += piece.records
         rows.rejects += piece.rejects
+        rows.file = piece.file
         if chunker is None:
             for index, text in enumerate(piece.texts):
                 doc_id = piece.ids[index]

@@ -91,7 +91,7 @@ def count_exactly(
             try:
                 shard_counts, ids = task.result()
             except (EmbedfleetError, OSError) as exc:
-                counts.unreadable[shard.relative_path] = str(exc)
+                counts.unreadable[shard.file_named_in(str(exc))] = str(exc)
                 continue
             for name in ("records", "committed", "rejected", "new", "changed", "unchanged"):
                 setattr(counts, name, getattr(counts, name) + getattr(shard_counts, name))

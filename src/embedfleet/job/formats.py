@@ -9,6 +9,7 @@ fails its own shard with a message a user can act on.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
@@ -85,6 +86,28 @@ def open_stream(uri: str, storage_options: dict[str, Any], compression: str | No
     except EmbedfleetError:
         raise
     except Exception as exc:  # any fsspec backend: FileNotFoundError, PermissionError, HTTP ...
+        raise SourceReadError(f"cannot open {uri}: {exc}") from exc
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@contextmanager
+def open_source(
+    uri: str, storage_options: dict[str, Any], compression: str | None, data: bytes | None
+) -> Iterator[IO]:
+    """``open_stream``, or, when the file's bytes were fetched already (``data``), a
+    stream over them, decompressed the same way."""
+    if data is None:
+        with open_stream(uri, storage_options, compression) as handle:
+            yield handle
+        return
+    require_codec(compression, uri)
+    raw: IO = io.BytesIO(data)
+    try:
+        handle = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+    except Exception as exc:
         raise SourceReadError(f"cannot open {uri}: {exc}") from exc
     try:
         yield handle

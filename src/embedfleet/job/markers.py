@@ -23,8 +23,8 @@ class ShardMarker:
     """
 
     shard_id: str
-    source_version: str = ""  # the file's size and etag/mtime: a commit of another is stale
-    relative_path: str = ""
+    source_version: str = ""  # its files' sizes and etags/mtimes: a commit of others is stale
+    relative_path: str = ""  # a packed shard's first file; unit "files", end: how many
     unit: str = ""
     start: int = 0
     end: int = 0

@@ -23,10 +23,10 @@ from embedfleet.job.chunking import Chunker
 from embedfleet.job.exact import ExactCounts
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import JobSpec, SourceSpec, changed_settings
-from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker
+from embedfleet.job.store import SNAPSHOTS, OutputStore, ShardMarker, Snapshot
 
 PLAN_SAMPLE_ROWS = 2000  # at most this many rows are read by plan() to count tokens
-PLAN_SAMPLE_SHARDS = 8  # ... from this many shards spread over the dataset
+PLAN_SAMPLE_PIECES = 16  # ... from this many files (or ranges) spread over the dataset
 
 
 @dataclass
@@ -45,6 +45,8 @@ class JobPlan:
     up_to_date: bool = False  # the latest snapshot holds the source as listed now: no run
     exact: ExactCounts | None = None  # plan --exact: every record read and counted
     estimated_chunks: int | None = None  # with [chunking]: rows the documents become
+    packing: dict[str, Any] | None = None  # how small files were packed (None: one per shard)
+    files: int = 0  # files listed
 
     @property
     def estimated_cost(self) -> float | None:
@@ -76,7 +78,7 @@ class JobPlan:
         rows: list[tuple[str, object]] = [
             ("counts", self.counts),
             ("fingerprint", self.fingerprint),
-            ("shards", len(self.shards)),
+            ("shards", f"{len(self.shards):,} ({self.files:,} files)"),
         ]
         if self.exact is None:
             rows += [
@@ -114,6 +116,7 @@ class JobPlan:
         return {
             "fingerprint": self.fingerprint,
             "shards": len(self.shards),
+            "files": self.files,
             "estimated_rows": self.estimated_rows,
             "estimated_chunks": self.estimated_chunks,
             "estimated_tokens": self.estimated_tokens,
@@ -182,15 +185,9 @@ def choose_snapshot(
     if mode == "overwrite":
         return SnapshotChoice(None, 0, "overwrite: a new snapshot embeds every row again")
     latest = output.latest()
-    unfinished = [
-        run
-        for run in output.snapshot_ids()
-        if (latest is None or run > latest) and not output.snapshot(run).is_complete()
-    ]
+    newest, info = _newest_unfinished(output, latest)
     left = ""
-    if unfinished:
-        newest = output.snapshot(unfinished[-1])
-        info = newest.run_info() or {}
+    if newest is not None:
         if info.get("fingerprint") == fingerprint:
             committed = len(still_committed(newest.commits(), shards))
             base = info.get("base")
@@ -205,6 +202,56 @@ def choose_snapshot(
             f"({_what_changed(info, spec)}) and is left as it is; "
         )
     return _from_latest(output, fingerprint, latest, shards, left, spec)
+
+
+def _newest_unfinished(
+    output: OutputStore, latest: str | None
+) -> tuple[Snapshot | None, dict[str, Any]]:
+    """The newest unfinished snapshot newer than ``latest``, and its ``_run.json``."""
+    unfinished = [
+        run
+        for run in output.snapshot_ids()
+        if (latest is None or run > latest) and not output.snapshot(run).is_complete()
+    ]
+    if not unfinished:
+        return None, {}
+    newest = output.snapshot(unfinished[-1])
+    return newest, newest.run_info() or {}
+
+
+def plan_source(
+    output: OutputStore, source: SourceSpec, rows_per_shard: int, mode: str, fingerprint: str
+) -> sources.SourcePlan:
+    """The source's shards as a run would cut them now.
+
+    A resumed snapshot is planned as it was: with the bytes per row its ``_run.json``
+    recorded, so its committed shards keep their ids, or, written before packed shards
+    (no ``packing`` recorded), one file per shard as then, so the run continues it; the
+    next snapshot packs. A new snapshot reuses the base's bytes per row where the sample
+    agrees, so unchanged packed shards keep their ids and are copied whole.
+    """
+    listing = sources.list_source(source)
+    if mode != "overwrite":
+        newest, info = _newest_unfinished(output, output.latest())
+        if newest is not None and info.get("fingerprint") == fingerprint:
+            recorded = info.get("packing")
+            if recorded is None:
+                plan = sources.plan_listing(listing, source, rows_per_shard, packed=False)
+                plan.notes.append(
+                    f"{newest.relative} was written before packed shards: it is continued "
+                    "one file per shard; the next snapshot packs small files"
+                )
+                return plan
+            bytes_per_row = recorded.get("bytes_per_row", {})
+            return sources.plan_listing(
+                listing, source, rows_per_shard, recorded=bytes_per_row, exactly=True
+            )
+    latest = output.latest()
+    info = (output.snapshot(latest).run_info() or {}) if latest and mode != "overwrite" else {}
+    recorded = (info.get("packing") or {}).get("bytes_per_row")
+    if info.get("fingerprint") != fingerprint:
+        recorded = None
+    return sources.plan_listing(listing, source, rows_per_shard, recorded=recorded)
 
 
 def _from_latest(
@@ -277,19 +324,22 @@ def estimate_tokens(
     """Tokens of every shard, how they were found, and (with a ``chunker``) the chunks.
 
     Small datasets are read whole and counted. Larger ones are sampled: up to
-    ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_SHARDS`` shards spread
-    over the dataset, scaled by the planned row count (an estimate, and said so).
-    Texts are what a run embeds: templates rendered, documents cut into chunks.
+    ``PLAN_SAMPLE_ROWS`` rows from the start of ``PLAN_SAMPLE_PIECES`` pieces (files, or
+    ranges of large ones) spread over the dataset, scaled by the planned row count (an
+    estimate, and said so): a few dozen reads, however many files there are. Texts are
+    what a run embeds: templates rendered, documents cut into chunks.
     """
     if not shards:
         return 0, "no rows", 0 if chunker else None
-    picks = _spread(len(shards), PLAN_SAMPLE_SHARDS)
-    per_shard = max(1, PLAN_SAMPLE_ROWS // len(picks))
+    pieces = [(shard, piece) for shard in shards for piece in shard.pieces]
+    picks = _spread(len(pieces), PLAN_SAMPLE_PIECES)
+    per_piece = max(1, PLAN_SAMPLE_ROWS // len(picks))
     rows = counted = chunks = 0
-    whole = len(picks) == len(shards)
+    whole = len(picks) == len(pieces)
     for index in picks:
+        shard, piece = pieces[index]
         try:
-            found = _sample(shards[index], source, counter, per_shard, chunker)
+            found = _sample(shard.single(piece), source, counter, per_piece, chunker)
         except (EmbedfleetError, OSError):  # fails when run, naming the file
             whole = False
             continue
@@ -304,8 +354,8 @@ def estimate_tokens(
     scaled_chunks = math.ceil(chunks * total_rows / rows) if chunker else None
     return (
         math.ceil(counted * total_rows / rows),
-        f"estimated from {rows:,} sampled rows ({len(picks)} of {len(shards)} shards), "
-        f"scaled to ~{total_rows:,} rows",
+        f"estimated from {rows:,} sampled rows ({len(picks)} of {len(pieces)} files or "
+        f"ranges), scaled to ~{total_rows:,} rows",
         scaled_chunks,
     )
 

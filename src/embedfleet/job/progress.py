@@ -1,12 +1,18 @@
 """The run's progress bar: rows/s and the ETA from tqdm, tokens/s from the shards'
 counted tokens. Shards finish out of order and sizes vary, so it advances by rows
-per committed shard, not by shards; a failed shard advances by its estimate."""
+per committed shard, not by shards; a failed shard advances by its estimate. The
+driver moves it once per pass over finished shards (``schedule.py``), and its
+numbers beside the bar at most every ``POSTFIX_SECONDS``: thousands of small shards
+cost the driver no more than a few large ones."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from embedfleet.job.result import JobResult
+
+POSTFIX_SECONDS = 0.5
 
 
 class ShardProgress:
@@ -14,6 +20,7 @@ class ShardProgress:
 
     def __init__(self, total_rows: int, enabled: bool) -> None:
         self.bar: Any = None
+        self.shown = 0.0
         if enabled:
             from tqdm.auto import tqdm
 
@@ -25,6 +32,10 @@ class ShardProgress:
         if self.bar is None:
             return
         self.bar.update(rows)
+        now = time.monotonic()
+        if now - self.shown < POSTFIX_SECONDS and shards_done < shards:
+            return
+        self.shown = now
         elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
         self.bar.set_postfix(
             tokens_per_s=f"{result.tokens / elapsed:.0f}",

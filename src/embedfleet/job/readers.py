@@ -6,7 +6,9 @@ lacks the key, and where the record is) and the ones that cannot be parsed
 (``records.BadRecord``: invalid JSON or UTF-8, a CSV row with the wrong number of
 fields); ``sources.read_shard`` turns them into ``ShardRows``. One bad record never
 fails a shard; a file that cannot be opened, decompressed or parsed as a whole
-raises ``SourceReadError`` naming it.
+raises ``SourceReadError`` naming it. Each reader opens its file itself, or reads
+the file's bytes when they were fetched already (``data``: the pieces of a packed
+shard on an object store are fetched a few at a time, ahead of reading).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from embedfleet.job.formats import (
     delimiter_for,
     iter_lines,
     missing_columns_error,
-    open_stream,
+    open_source,
     read_block,
 )
 from embedfleet.job.records import (
@@ -57,30 +59,33 @@ class RawBatch:
 ParsedRecord = tuple[str, list[Any], Where]
 
 
-def first_record_columns(
-    uri: str, fmt: str, storage_options: dict[str, Any], compression: str | None
-) -> list[str] | None:
-    """The CSV header, or the keys found in the first JSONL records (up to
-    ``SAMPLE_RECORDS`` within the head: one record without a key is a bad record, not a
-    misspelt column); ``None`` if nothing can be read."""
+def head_columns(head: bytes, fmt: str, uri: str) -> list[str] | None:
+    """The CSV header, or the keys found in the first JSONL records of ``head`` (the
+    start of a file, decompressed: up to ``SAMPLE_RECORDS`` whole lines; one record
+    without a key is a bad record, not a misspelt column); ``None`` if none is found."""
+    if fmt not in ("csv", "jsonl"):
+        return None
+    handle = io.BytesIO(head)
+    if fmt == "csv":
+        try:
+            header = next(_csv_rows(handle, uri), None)
+        except EmbedfleetError:
+            return None
+        return header[0] if header is not None else None
     found: dict[str, None] = {}
-    try:
-        with open_stream(uri, storage_options, compression) as handle:
-            if fmt == "csv":
-                header = next(_csv_rows(handle, uri), None)
-                return header[0] if header is not None else None
-            records = 0
-            for offset, _, raw in iter_lines(handle, uri):
-                if offset >= HEAD_BYTES or records >= SAMPLE_RECORDS:
-                    break
-                if raw.strip():
-                    records += 1
-                    try:
-                        found.update(dict.fromkeys(parse_json_line(raw.removeprefix(BOM))))
-                    except RecordProblem:
-                        continue
-    except EmbedfleetError:
-        pass
+    lines = head.split(b"\n")
+    if len(head) >= HEAD_BYTES:
+        lines.pop()  # cut off at the end of the head: maybe not the whole line
+    records = 0
+    for raw in lines:
+        if records >= SAMPLE_RECORDS:
+            break
+        if raw.strip():
+            records += 1
+            try:
+                found.update(dict.fromkeys(parse_json_line(raw.removeprefix(BOM))))
+            except RecordProblem:
+                continue
     return list(found) or None
 
 
@@ -93,6 +98,7 @@ def line_batches(
     span: tuple[int, int | None],
     names: Sequence[str],
     batch_rows: int,
+    data: bytes | None = None,
 ) -> Iterator[RawBatch]:
     """JSONL records or text lines of one byte range (or the whole stream, ``end=None``).
 
@@ -121,7 +127,7 @@ def line_batches(
                 continue
             yield id_, [record.get(name, MISSING) for name in names], where
 
-    with open_stream(uri, storage_options, compression) as handle:
+    with open_source(uri, storage_options, compression, data) as handle:
         yield from _in_batches(records(), names, batch_rows)
 
 
@@ -132,6 +138,7 @@ def csv_batches(
     relative_path: str,
     names: Sequence[str],
     batch_rows: int,
+    data: bytes | None = None,
 ) -> Iterator[RawBatch]:
     """CSV/TSV records as strings; ids ``path#record_index`` (0-based, header excluded).
 
@@ -139,7 +146,7 @@ def csv_batches(
     that are not UTF-8, is a bad record (it keeps its record index, so the others' ids
     do not move).
     """
-    with open_stream(uri, storage_options, compression) as handle:
+    with open_source(uri, storage_options, compression, data) as handle:
         rows = _csv_rows(handle, uri)
         first = next(rows, None)
         if first is None:
@@ -192,10 +199,11 @@ def parquet_batches(
     first_row: int,
     names: Sequence[str],
     batch_rows: int,
+    data: bytes | None = None,
 ) -> Iterator[RawBatch]:
     """The shard's row groups (all for ``None``), only the needed columns, ``batch_rows`` at a
     time; ids ``path#row_index_in_file``."""
-    with open_stream(uri, storage_options, None) as handle:
+    with open_source(uri, storage_options, None, data) as handle:
         try:
             parquet = pq.ParquetFile(handle)
             found = parquet.schema_arrow.names
@@ -228,13 +236,14 @@ def text_file_batches(
     compression: str | None,
     relative_path: str,
     text_column: str,
+    data: bytes | None = None,
 ) -> Iterator[RawBatch]:
     """One document: the whole file, UTF-8 (a leading BOM dropped); its id is the path."""
-    with open_stream(uri, storage_options, compression) as handle:
+    with open_source(uri, storage_options, compression, data) as handle:
         blocks = iter(lambda: read_block(handle, READ_BLOCK, uri), b"")
-        data = b"".join(blocks).removeprefix(BOM)
+        content = b"".join(blocks).removeprefix(BOM)
     try:
-        text = decode_utf8(data)
+        text = decode_utf8(content)
     except RecordProblem as problem:
         yield RawBatch(
             [],

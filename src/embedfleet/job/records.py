@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -124,6 +124,7 @@ class BadRecord:
     kind: str  # one of REJECT_KINDS
     reason: str  # for people
     where: Where
+    file: str = ""  # relative to the source root ("": the shard's one file)
     doc_id: str | None = None  # the document a rejected chunk is of (None: ``id`` itself)
 
 
@@ -220,15 +221,19 @@ def _type_of(value: Any) -> str:
     return _TYPES.get(type(value), f"of type {type(value).__name__}")
 
 
-def rejects_table(file: str, records: Iterable[BadRecord]) -> pa.Table:
-    """A ``_rejects/`` file: the records of one shard, in file order."""
-    ordered = sorted(records, key=lambda record: record.where.sort_key())
+def rejects_table(file: str, records: Iterable[BadRecord], files: Sequence[str] = ()) -> pa.Table:
+    """A ``_rejects/`` file: the records of one shard, in file order (``files``: the
+    order of a packed shard's files; a record without a file of its own is in ``file``)."""
+    rank = {name: position for position, name in enumerate(files)}
+    ordered = sorted(
+        records, key=lambda record: (rank.get(record.file, 0), record.where.sort_key())
+    )
     columns: dict[str, list[Any]] = {
         "id": [record.id for record in ordered],
         "doc_id": [record.doc_id or record.id for record in ordered],
         "kind": [record.kind for record in ordered],
         "reason": [record.reason for record in ordered],
-        "file": [file] * len(ordered),
+        "file": [record.file or file for record in ordered],
     }
     for name in Where._fields:
         columns[name] = [getattr(record.where, name) for record in ordered]

@@ -1,8 +1,10 @@
 """``Job``: plan a run, then embed every shard not yet committed, on Ray.
 
 The driver only decides and schedules: it holds the output's lock, picks the
-snapshot, starts the fleet, and keeps a bounded number of shard tasks in flight
-(``2 x replicas``), so neither memory nor Ray's queue grows with the dataset.
+snapshot, starts the fleet, and keeps a bounded window of shard tasks in flight
+(``schedule.py``: ``2 x replicas`` for shards of the default size, more for small
+shards), collecting finished ones in bulk, so neither memory nor Ray's queue grows
+with the dataset.
 ``_latest`` moves only when every planned shard committed; a failed shard, a
 signal or the budget leave the snapshot resumable, and a re-run embeds only what
 is missing. A re-run over a source that has not changed since the latest
@@ -34,15 +36,22 @@ from embedfleet import pricing
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError
-from embedfleet.job import incremental, sources
+from embedfleet.job import incremental
 from embedfleet.job.embed_rows import chunker_for
 from embedfleet.job.exact import count_exactly
-from embedfleet.job.plan import JobPlan, choose_snapshot, estimate_tokens, still_committed
+from embedfleet.job.plan import (
+    JobPlan,
+    choose_snapshot,
+    estimate_tokens,
+    plan_source,
+    still_committed,
+)
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult
 from embedfleet.job.retries import quota_stats
 from embedfleet.job.run_control import StopOnSignal, locked_run
-from embedfleet.job.run_state import RunState, warm_worker
+from embedfleet.job.run_state import RunState
+from embedfleet.job.schedule import RayExecutor, Scheduler, window_for
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
@@ -89,10 +98,12 @@ class Job:
         rows and the output's markers: nothing is embedded or written. ``exact``: read
         every record and the base's ids and hashes, and count (``exact.py``)."""
         price, limit = self.budget()
-        shards = sources.plan(self.spec.source, self.spec.output.rows_per_shard)
-        choice = choose_snapshot(
-            self.output, self.spec.output.policy, self.fingerprint, shards, self.spec
+        output = self.spec.output
+        planned = plan_source(
+            self.output, self.spec.source, output.rows_per_shard, output.policy, self.fingerprint
         )
+        shards = planned.shards
+        choice = choose_snapshot(self.output, output.policy, self.fingerprint, shards, self.spec)
         chunker = chunker_for(self.spec, self.function)  # a bad [chunking] fails here
         tokens, basis, chunks = 0, "up to date: nothing to embed", None
         if not choice.up_to_date:
@@ -109,12 +120,14 @@ class Job:
             estimated_chunks=chunks,
             snapshot=choice.snapshot,
             committed=choice.committed,
-            note=choice.note,
+            note="; ".join([choice.note, *planned.notes]),
             token_basis=basis,
             price=price,
             token_limit=limit,
             base=choice.base,
             up_to_date=choice.up_to_date,
+            packing=planned.packing,
+            files=planned.files,
         )
         if exact:
             done = self.output.snapshot(choice.snapshot).commits() if choice.snapshot else {}
@@ -237,21 +250,27 @@ class Job:
             "shards": [shard.shard_id for shard in run.plan.shards],
             "mode": self.spec.output.policy,
             "base": run.plan.base,
+            "packing": run.plan.packing,
         }
 
     def _embed_shards(self, run: RunState) -> float:
-        """Keep up to ``2 x replicas`` shard tasks in flight until every shard is in, the
-        budget refused one or a signal came; returns when the last shard was in."""
+        """Keep a window of shard tasks in flight (``schedule.window_for``: ``2 x
+        replicas`` for shards of the default size, more for small ones) until every shard
+        is in, the budget refused one or a signal came; returns when the last shard was in."""
         import ray
 
         result, fleet = run.result, run.fleet
         assert fleet is not None
         result.placement = list(fleet.placement)
-        window = max(2, 2 * self.spec.fleet.replicas)
+        fleet_spec = self.spec.fleet
+        rows = sum(shard.estimated_rows for shard in run.todo) / max(1, len(run.todo))
+        window = window_for(
+            fleet_spec.replicas, rows, fleet.batch_size, fleet_spec.max_pending_per_replica
+        )
         # Start the shard tasks' worker processes now (imports included): part of
         # start-up, not of the first shards' time.
-        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(warm_worker)
-        ray.get([warm.remote() for _ in range(window)])
+        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
+        ray.get([warm.remote() for _ in range(min(window, 2 * fleet_spec.replicas))])
         result.startup_seconds = time.perf_counter() - run.started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
         if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
@@ -268,16 +287,16 @@ class Job:
         )
         context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
         run.quota_before = quota_stats(self.function)
-        queue = list(run.todo)
-        while ((queue and not run.halted) or run.pending) and not run.stop.is_set():
-            while queue and len(run.pending) < window and not run.halted:
-                shard = queue.pop(0)
-                run.pending[task.remote(shard, context_ref)] = shard
-            done, _ = ray.wait(list(run.pending), num_returns=1, timeout=1.0)
-            for ref in done:
-                again = run.collect(ref)
-                if again is not None:  # a retryable provider error: later in this run
-                    queue.append(again)
+        scheduler = Scheduler(
+            RayExecutor(task, context_ref),
+            window,
+            run.collect,
+            halted=lambda: run.halted,
+            stopped=run.stop.is_set,
+            after_pass=run.show_progress,
+        )
+        run.pending = scheduler.pending  # what release() cancels
+        scheduler.run(run.todo)
         return time.perf_counter()  # the last shard is in; what follows is the finish
 
     def _finish(self, run: RunState) -> None:
@@ -360,3 +379,7 @@ def _chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, in
         for kind in ("rows", "embedded", "carried", "reused", "rejected")
     }
     return {**totals, "deleted": result.chunks_deleted}
+
+
+def _warm_worker() -> None:
+    """Nothing to do: running it starts a worker process with the job code imported."""

@@ -1,8 +1,9 @@
-"""One run's state, shared by its steps from the plan to the finish.
+"""One run's state, from its plan to its finish, and the one place it lets go of Ray.
 
-``Job.run`` keeps everything a run starts on Ray (the fleet, the budget actor, shard
-tasks in flight, the progress bar) in one :class:`RunState`, so that ``release``
-is the one place that lets go of it, however the run ends.
+``Job.run`` (``run.py``) makes one :class:`RunState` per run: the steps share it, the
+scheduler reports each finished shard to ``collect``, and ``release`` cancels the shard
+tasks in flight, shuts the fleet down, kills the budget actor and closes the progress
+bar, however the run ends.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from embedfleet.job.result import JobResult, failure_kind
 from embedfleet.job.retries import AGAIN, FAILED, ShardRetries
 from embedfleet.job.run_control import StopOnSignal
 from embedfleet.job.shard_task import OverBudget
-from embedfleet.job.sources import Shard
+from embedfleet.job.shards import Shard
 from embedfleet.job.store import ShardMarker, Snapshot
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class RunState:
     bar: ShardProgress | None = None
     pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
     shards_done: int = 0
+    rows_done: int = 0  # rows of the shards collected since the bar last moved
     retries: ShardRetries = field(default_factory=ShardRetries)
     quota_before: dict[str, Any] | None = None  # the quota's stats when embedding began
 
@@ -61,38 +63,40 @@ class RunState:
         """No further shard starts: the budget or the provider stopped the run."""
         return self.result.budget_stopped or self.result.provider_stopped is not None
 
-    def collect(self, ref: Any) -> Shard | None:
+    def collect(self, shard: Shard, answer: Any, error: BaseException | None) -> Shard | None:
         """Count one finished shard task; one shard's failure never stops the others.
         Returns the shard when it is to be tried again later in the run (a retryable
         provider error, :mod:`.retries`)."""
-        import ray
-
-        shard, result = self.pending.pop(ref), self.result
-        try:
-            answer = ray.get(ref)
-        except Exception as exc:
-            verdict = self.retries.verdict(shard, exc, result)  # a provider's error?
+        result = self.result
+        if error is not None:
+            verdict = self.retries.verdict(shard, error, result)  # a provider's error?
+            if verdict == AGAIN:
+                return shard
+            self.shards_done += 1
             if verdict == FAILED:
-                cause = getattr(exc, "cause", None) or exc
-                message = str(cause) if shard.uri in str(cause) else f"{shard.uri}: {cause}"
-                kind = failure_kind(exc)
-                result.count_failed(shard.shard_id, shard.relative_path, message, kind)
-                logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.uri, cause)
-                self._advance(shard.estimated_rows)
-            return shard if verdict == AGAIN else None
+                cause = getattr(error, "cause", None) or error
+                text = str(cause)
+                file = shard.file_named_in(text)
+                message = text if shard.root + file in text else f"{shard.describe()}: {cause}"
+                result.count_failed(shard.shard_id, file, message, failure_kind(error))
+                logger.error("shard %s (%s) failed: %s", shard.shard_id, shard.describe(), cause)
+                self.rows_done += shard.estimated_rows
+            return None
+        self.shards_done += 1
         if isinstance(answer, OverBudget):  # not embedded: no further shard starts
             result.budget_stopped = True
             return None
         result.count_committed(answer)
-        self._advance(answer.rows)
+        self.rows_done += answer.rows
         if self.on_shard is not None:
             self.on_shard(answer)
         return None
 
-    def _advance(self, rows: int) -> None:
-        self.shards_done += 1
+    def show_progress(self) -> None:
+        """Move the bar by the rows of the shards collected since the last pass."""
         if self.bar is not None:
-            self.bar.advance(rows, self.result, self.shards_done, len(self.todo))
+            self.bar.advance(self.rows_done, self.result, self.shards_done, len(self.todo))
+        self.rows_done = 0
 
     def release(self) -> None:
         """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
@@ -110,7 +114,3 @@ class RunState:
             ray.kill(self.budget)
         if self.bar is not None:
             self.bar.close()
-
-
-def warm_worker() -> None:
-    """Nothing to do: running it starts a worker process with the job code imported."""

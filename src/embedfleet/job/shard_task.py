@@ -116,8 +116,9 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     fresh, refused = embed_or_isolate(fleet, [texts[i] for i in to_embed])
     if len(to_embed) > 1 and len(refused) == len(to_embed):  # a setup problem, not bad rows
         raise BadRequestError(
-            f"{shard.uri}: the provider refused every one of the shard's {len(to_embed)} rows "
-            f"(check the key and the config); first refusal: {next(iter(refused.values()))}"
+            f"{shard.describe()}: the provider refused every one of the shard's "
+            f"{len(to_embed)} rows (check the key and the config); first refusal: "
+            f"{next(iter(refused.values()))}"
         )
     for position, vector in zip(to_embed, fresh, strict=True):
         vectors[position] = vector
@@ -131,9 +132,15 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     if refused:  # poison rows: rejected with the provider's message, the rest kept
         keep = [index for index in range(len(texts)) if index not in refused]
         for index, reason in sorted(refused.items()):
-            doc_id = rows.doc_ids[index]
             rejects.append(
-                BadRecord(ids[index], "refused_by_provider", reason, wheres[index], doc_id)
+                BadRecord(
+                    ids[index],
+                    "refused_by_provider",
+                    reason,
+                    wheres[index],
+                    file=rows.files[index],
+                    doc_id=rows.doc_ids[index],
+                )
             )
         ids, texts, vectors = ([items[i] for i in keep] for items in (ids, texts, vectors))
         columns = {name: [values[i] for i in keep] for name, values in columns.items()}
@@ -149,7 +156,8 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         model_tokens=fleet.stats.tokens - counted_before[0],  # as the model counted them
         padded_tokens=fleet.stats.padded_tokens - counted_before[1],
     )
-    table = rejects_table(shard.relative_path, rejects) if rejects else None
+    order = [piece.relative_path for piece in shard.pieces] if shard.packed else []
+    table = rejects_table(shard.relative_path, rejects, order) if rejects else None
     committed = snapshot.commit_shard(marker, part, table)
     return replace(committed, write_seconds=round(time.perf_counter() - embed_done, 3))
 
