@@ -39,6 +39,7 @@ from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, OverBudget, ShardContext, embed_shard
 from embedfleet.job.sources import Shard
 from embedfleet.job.spec import JobSpec
+from embedfleet.job.startup import Startup
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
 
@@ -54,7 +55,7 @@ class Job:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.function: EmbeddingFunction = registry.build(
-            spec.embedding.provider, spec.embedding.config
+            spec.embedding.provider, spec.embedding.config, where="embedding.config"
         )
         self.fingerprint = spec.fingerprint(self.function.provider_name, self.function.get_config())
         self.output = OutputStore(spec.output.uri, spec.output.storage_options)
@@ -108,7 +109,9 @@ class Job:
         see the module docstring."""
         started = time.perf_counter()
         with locked_run(self.output) as signals:
+            locked = time.perf_counter() - started
             result = self._run_locked(signals, progress, on_shard, started)
+        result.startup_phases = {"lock": locked, **result.startup_phases}
         result.seconds = time.perf_counter() - started
         return result
 
@@ -119,7 +122,9 @@ class Job:
         on_shard: Callable[[ShardMarker], None] | None,
         started: float,
     ) -> JobResult:
-        plan = self.plan()
+        startup = Startup()
+        with startup.timed("plan"):
+            plan = self.plan()
         snapshot = self.output.snapshot(plan.snapshot or new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
@@ -135,12 +140,14 @@ class Job:
         )
         for marker in committed.values():
             result.count_resumed(marker)
-        run = _Run(plan, snapshot, result, todo, signals, progress, on_shard, started)
+        run = _Run(plan, snapshot, result, todo, signals, progress, on_shard, started, startup)
+        result.startup_phases = startup.phases
         try:
             # the fleet first: the metadata comes from a replica (see _metadata)
             if todo or recorded is None:
-                run.fleet = self._start_fleet(signals)
-            run.metadata = self._metadata(run.fleet, recorded)
+                run.fleet = self._start_fleet(run)
+            with startup.timed("metadata"):
+                run.metadata = self._metadata(run.fleet, recorded)
             if plan.snapshot is None:
                 snapshot.start(self._run_info(run))
             if plan.base is not None:
@@ -154,29 +161,35 @@ class Job:
         result.finish_seconds = time.perf_counter() - embedded_at
         return result
 
-    def _start_fleet(self, signals: StopOnSignal) -> RemoteEmbeddingFunction:
-        """Ray (local, or the configured cluster) and the job's fleet of replicas."""
-        import ray
-
+    def _start_fleet(self, run: _Run) -> RemoteEmbeddingFunction:
+        """Ray (local, or the configured cluster) and the job's fleet of replicas; the
+        shard tasks' worker processes start meanwhile (``Startup.warm_workers``)."""
         from embedfleet.fleet import RemoteEmbeddingFunction
+        from embedfleet.fleet.ray_start import ensure_ray
 
-        fleet_spec = self.spec.fleet
-        if not ray.is_initialized():
-            ray.init(
-                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
+        fleet_spec, startup = self.spec.fleet, run.startup
+        with startup.timed("ray_init"):
+            if ensure_ray(fleet_spec.address):
+                run.signals.install()  # ray.init sets its own SIGTERM handler
+        startup.warm_workers(min(len(run.todo), self._window()), SHARD_TASK_CPUS)
+        with startup.timed("fleet"):
+            fleet = RemoteEmbeddingFunction(
+                self.function,
+                replicas=fleet_spec.replicas,
+                num_cpus=fleet_spec.num_cpus,
+                num_gpus=fleet_spec.num_gpus,
+                max_pending_per_replica=fleet_spec.max_pending_per_replica,
+                batch_size=fleet_spec.batch_size,
+                resources=fleet_spec.resources,
+                start_timeout=fleet_spec.start_timeout,
+                name=f"job:{self.output.uri}",
             )
-            signals.install()
-        return RemoteEmbeddingFunction(
-            self.function,
-            replicas=fleet_spec.replicas,
-            num_cpus=fleet_spec.num_cpus,
-            num_gpus=fleet_spec.num_gpus,
-            max_pending_per_replica=fleet_spec.max_pending_per_replica,
-            batch_size=fleet_spec.batch_size,
-            resources=fleet_spec.resources,
-            start_timeout=fleet_spec.start_timeout,
-            name=f"job:{self.output.uri}",
-        )
+        startup.add_replicas(fleet.replica_startup)
+        return fleet
+
+    def _window(self) -> int:
+        """Shard tasks kept in flight."""
+        return max(2, 2 * self.spec.fleet.replicas)
 
     def _metadata(
         self, fleet: RemoteEmbeddingFunction | None, recorded: dict[str, Any] | None
@@ -209,11 +222,8 @@ class Job:
         result, fleet = run.result, run.fleet
         assert fleet is not None
         result.placement = list(fleet.placement)
-        window = max(2, 2 * self.spec.fleet.replicas)
-        # Start the shard tasks' worker processes now (imports included): part of
-        # start-up, not of the first shards' time.
-        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
-        ray.get([warm.remote() for _ in range(window)])
+        window = self._window()
+        run.startup.workers_ready()
         result.startup_seconds = time.perf_counter() - run.started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
         if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
@@ -316,6 +326,7 @@ class _Run:
     progress: bool  # show a progress bar
     on_shard: Callable[[ShardMarker], None] | None
     started: float  # perf_counter() when run() was called
+    startup: Startup  # where start-up goes; the shard workers it starts
     metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
     fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
     budget: Any = None  # the TokenBudget actor, with a token limit
@@ -370,7 +381,3 @@ class _Run:
             ray.kill(self.budget)
         if self.bar is not None:
             self.bar.close()
-
-
-def _warm_worker() -> None:
-    """Nothing to do: running it starts a worker process with the job code imported."""
