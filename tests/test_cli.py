@@ -171,6 +171,9 @@ def test_readme_first_command_embeds_the_sample_offline(repo_root, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
+    console = result.stdout + result.stderr  # what a person reads, with the real model
+    for alarm in ("Token authentication", "Loading weights", "pid=", "\x1b["):
+        assert alarm not in console, alarm
     table = embedfleet.read(str(tmp_path / "out")).to_table()
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:
         sample = [json.loads(line) for line in handle]
