@@ -123,8 +123,7 @@ class Job:
         started: float,
     ) -> JobResult:
         startup = Startup()
-        with startup.timed("plan"):
-            plan = self.plan()
+        plan = startup.plan_beside_ray(self.plan, lambda: self._start_ray(signals, startup))
         snapshot = self.output.snapshot(plan.snapshot or new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
@@ -165,12 +164,9 @@ class Job:
         """Ray (local, or the configured cluster) and the job's fleet of replicas; the
         shard tasks' worker processes start meanwhile (``Startup.warm_workers``)."""
         from embedfleet.fleet import RemoteEmbeddingFunction
-        from embedfleet.fleet.ray_start import ensure_ray
 
         fleet_spec, startup = self.spec.fleet, run.startup
-        with startup.timed("ray_init"):
-            if ensure_ray(fleet_spec.address):
-                run.signals.install()  # ray.init sets its own SIGTERM handler
+        self._start_ray(run.signals, startup)
         startup.warm_workers(min(len(run.todo), self._window()), SHARD_TASK_CPUS)
         with startup.timed("fleet"):
             fleet = RemoteEmbeddingFunction(
@@ -186,6 +182,14 @@ class Job:
             )
         startup.add_replicas(fleet.replica_startup)
         return fleet
+
+    def _start_ray(self, signals: StopOnSignal, startup: Startup) -> None:
+        """Join the configured cluster or start the local instance, once."""
+        from embedfleet.fleet.ray_start import ensure_ray
+
+        with startup.timed("ray_init"):
+            if ensure_ray(self.spec.fleet.address):
+                signals.install()  # ray.init sets its own SIGTERM handler
 
     def _window(self) -> int:
         """Shard tasks kept in flight."""

@@ -3,17 +3,24 @@
 Start-up is everything before the first shard embeds: the output's lock, the
 plan, Ray, the fleet (each replica's process, imports, model load, precision
 guard), the metadata read from a replica, and the shard tasks' worker processes.
-The workers start while the fleet does (they reserve no CPU), and only as many as
+What can overlap does: Ray starts while a slow plan lists and samples the source,
+and the workers start while the fleet does (they reserve no CPU), only as many as
 will run at once. Each phase's seconds end up in ``JobResult.startup_phases``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
+
+#: Seconds a plan may take before Ray starts beside it (see ``Startup.plan_beside_ray``).
+PLAN_PATIENCE = 0.25
 #: What a replica times in itself (``Replica.ready()``), reported for the slowest one.
 REPLICA_PHASES = ("replica", "imports", "model_load", "precision_guard")
 
@@ -34,6 +41,24 @@ class Startup:
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+    def plan_beside_ray(self, plan: Callable[[], T], start_ray: Callable[[], object]) -> T:
+        """``plan()`` on a helper thread; when it is not done within
+        :data:`PLAN_PATIENCE` seconds (listing an object store, sampling its rows), Ray
+        starts meanwhile on this thread. A quick plan decides first, so a run with
+        nothing left to embed never starts Ray."""
+
+        def timed_plan() -> T:
+            with self.timed("plan"):
+                return plan()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="embedfleet-plan") as pool:
+            planned = pool.submit(timed_plan)
+            try:
+                return planned.result(timeout=PLAN_PATIENCE)
+            except FutureTimeout:
+                start_ray()
+                return planned.result()
 
     def add_replicas(self, replica_startup: list[dict[str, float]]) -> None:
         """The slowest replica's own phases, as ``fleet.<phase>`` (inside ``fleet``)."""
