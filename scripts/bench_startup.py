@@ -63,6 +63,9 @@ print(json.dumps({
     "startup": command + result.startup_seconds,
     "end_to_end": time.time() - created,
     "embedded": result.embedded,
+    "run_seconds": result.seconds,
+    "finish_seconds": result.finish_seconds,
+    "steady_rows_per_second": result.steady_rows_per_second,
 }))
 """
 
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             run["wall"] = time.perf_counter() - start
             runs.append(run)
             print(
-                f"run {index + 1}: start-up {run['startup']:.1f} s, end to end {run['wall']:.1f} s"
+                f"run {index + 1}: start-up {run['startup']:.1f} s, end to end {run['wall']:.1f} s "
+                f"(run() {run['run_seconds']:.1f} s, steady {run['steady_rows_per_second']:.1f} "
+                f"rows/s, finish {run['finish_seconds']:.1f} s)"
             )
     names = list(dict.fromkeys(name for run in runs for name in run["phases"]))
     header = f"phase (median of {len(runs)} runs)"

@@ -12,8 +12,11 @@ hold, since they are usually what is in the way (two notebook cells, each with a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from embedfleet.errors import FleetStartError
 
 #: A fleet that just replaced one (a re-run cell) waits this long for Ray to report
 #: the old fleet's resources free; any other fleet checks for about half a second.
@@ -64,6 +67,21 @@ def wait_for_room(ray: Any, reservation: Reservation, *, wait: float) -> dict[st
         if not missing or time.monotonic() >= deadline:
             return missing
         time.sleep(0.1)
+
+
+def refuse_without_room(
+    ray: Any,
+    fleet: Any,
+    holders: Callable[[], list[tuple[str, Reservation]]],
+    replaced: bool,
+    start_timeout: float,
+) -> None:
+    """Raise :class:`FleetStartError` when ``fleet`` (its ``reservation`` and ``label``)
+    does not fit in the free resources, after waiting briefly for them to show up (long
+    enough for a fleet it just ``replaced`` to show its resources free)."""
+    wait = RELEASE_WAIT_SECONDS if replaced else CHECK_SECONDS
+    if wait_for_room(ray, fleet.reservation, wait=min(wait, start_timeout)):
+        raise FleetStartError(unplaceable_message(fleet.label, fleet.reservation, ray, holders()))
 
 
 def unplaceable_message(

@@ -15,10 +15,8 @@ What Ray does and embedfleet does not re-implement:
   flight per replica, waits with ``ray.wait`` and sends the next batch to the
   replica with the fewest outstanding batches.
 
-Replicas are built on the worker from the registry (``name`` + config), so
-models, clients and sockets are never pickled; custom, unregistered functions
-are sent with cloudpickle instead. API keys are read from the worker's own
-environment, never shipped.
+Replicas are built on the worker from the registry (``name`` + config), so models,
+clients and sockets are never pickled (custom functions travel as a cloudpickle).
 """
 
 from __future__ import annotations
@@ -27,7 +25,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,7 @@ from embedfleet.fleet.ray_start import cluster_can_grow, ensure_ray
 from embedfleet.fleet.replica import (
     FunctionSpec,
     Replica,
+    cause_of,
     concurrent_batches_of,
     kill_actors,
     merged_description,
@@ -80,7 +80,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     ``RAY_ADDRESS``) joins a running cluster; without either, a local Ray instance is
     started. ``resources``
     asks each replica for custom node resources (``{"gpu_node": 1}``), which pins
-    replicas to the nodes started with them (``ray start --resources``).
+    replicas to the nodes started with them (``ray start --resources``). ``while_starting``
+    runs once the replicas are asked for, before waiting for them (a job starts its shard
+    workers there: Ray starts worker processes a few at a time, replicas' first).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         forward_env: list[str] | None = None,
         max_concurrency: int | None = None,
         resources: dict[str, float] | None = None,
+        while_starting: Callable[[], object] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -158,17 +161,15 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         ensure_ray(address)
         replaced = live_fleets.replace(self.fleet_key, self)
         if not cluster_can_grow(ray):  # fail at once where waiting cannot help
-            wait = placement.RELEASE_WAIT_SECONDS if replaced else placement.CHECK_SECONDS
-            if placement.wait_for_room(ray, self.reservation, wait=min(wait, start_timeout)):
-                holders = live_fleets.holders(exclude=self)
-                raise FleetStartError(
-                    placement.unplaceable_message(self.label, self.reservation, ray, holders)
-                )
-        self._start(ray, start_timeout, max_restarts)
+            holders = partial(live_fleets.holders, exclude=self)
+            placement.refuse_without_room(ray, self, holders, replaced, start_timeout)
+        self._start(ray, start_timeout, max_restarts, while_starting or (lambda: None))
         self._finalizer = weakref.finalize(self, kill_actors, list(self._actors))
 
     # ------------------------------------------------------------------ start / stop
-    def _start(self, ray: Any, start_timeout: float, max_restarts: int) -> None:
+    def _start(
+        self, ray: Any, start_timeout: float, max_restarts: int, meanwhile: Callable[[], object]
+    ) -> None:
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
@@ -185,6 +186,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         threads = max(1, int(self.num_cpus)) if self.num_cpus >= 1 else None
         self._actors = [actor_class.remote(self._spec, threads) for _ in range(self.replicas)]
         probes = [actor.ready.remote() for actor in self._actors]
+        meanwhile()
         _, waiting = ray.wait(probes, num_returns=len(probes), timeout=start_timeout)
         try:
             if waiting:
@@ -340,7 +342,8 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                     for ref in done:
                         batch, replica = in_flight.pop(ref)
                         self._release(mine, replica)
-                        results[batch] = self._collect(ray, ref, batch, replica, batches, plan)
+                        size = len(batches[batch])
+                        results[batch] = self._collect(ray, ref, batch, size, replica, plan)
                     continue
                 yield results.pop(next_yield)
                 next_yield += 1
@@ -366,14 +369,14 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             mine[replica] -= 1
 
     def _collect(
-        self, ray: Any, ref: Any, batch: int, replica: int, batches: list[Any], plan: CallPlan
+        self, ray: Any, ref: Any, batch: int, size: int, replica: int, plan: CallPlan
     ) -> np.ndarray:
         try:
             matrix, counts, notes = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = _cause(exc)
+            cause = cause_of(exc)
             raise BatchFailedError(
-                f"batch {batch} ({len(batches[batch])} texts) failed on fleet {self.fleet_name!r}: "
+                f"batch {batch} ({size} texts) failed on fleet {self.fleet_name!r}: "
                 f"{type(cause).__name__}: {cause}",
                 batch_index=batch,
                 cause=cause,
@@ -387,11 +390,6 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if notes:
             self._notes.relay({replica: notes})
         return matrix
-
-
-def _cause(exc: BaseException) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 #: ``embedfleet.remote(ef, replicas=2, ...)`` reads best at call sites.

@@ -170,6 +170,12 @@ def _torch_threads() -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
+def cause_of(exc: BaseException) -> BaseException:
+    """What a replica raised, from the ``RayTaskError`` that carries it."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def workload_of(function: Any) -> str:
     """The declared workload; plain callables (not EmbeddingFunctions) count as compute."""
     return str(getattr(function, "workload", "compute"))

@@ -162,12 +162,13 @@ class Job:
 
     def _start_fleet(self, run: _Run) -> RemoteEmbeddingFunction:
         """Ray (local, or the configured cluster) and the job's fleet of replicas; the
-        shard tasks' worker processes start meanwhile (``Startup.warm_workers``)."""
+        shard tasks' worker processes start once the replicas are asked for, while they
+        load (``Startup.warm_workers``)."""
         from embedfleet.fleet import RemoteEmbeddingFunction
 
         fleet_spec, startup = self.spec.fleet, run.startup
         self._start_ray(run.signals, startup)
-        startup.warm_workers(min(len(run.todo), self._window()), SHARD_TASK_CPUS)
+        workers = min(len(run.todo), self._window())
         with startup.timed("fleet"):
             fleet = RemoteEmbeddingFunction(
                 self.function,
@@ -179,6 +180,7 @@ class Job:
                 resources=fleet_spec.resources,
                 start_timeout=fleet_spec.start_timeout,
                 name=f"job:{self.output.uri}",
+                while_starting=lambda: startup.warm_workers(workers, SHARD_TASK_CPUS),
             )
         startup.add_replicas(fleet.replica_startup)
         return fleet

@@ -132,7 +132,8 @@ def resolve_device(device: str) -> str:
     check_device(device)
     if device != "auto":
         return device
-    import torch
+    with phase("imports"):
+        import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
