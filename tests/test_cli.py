@@ -156,7 +156,12 @@ def test_an_unknown_mode_says_what_to_write(tmp_path, capsys):
     assert "incremental and resume are older names of update" in error
 
 
-def test_providers_lists_every_provider_and_its_status(capsys):
+KEY_VARIABLES = ("OPENAI_API_KEY", "COHERE_API_KEY", "GEMINI_API_KEY", "HF_TOKEN", "JINA_API_KEY")
+
+
+def test_providers_lists_every_provider_and_its_status(capsys, monkeypatch):
+    for variable in KEY_VARIABLES:
+        monkeypatch.setenv(variable, "sk-test-not-a-real-key")
     assert main(["providers"]) == 0
     output = capsys.readouterr().out
     for name in embedfleet.embedding_functions.names():
@@ -164,6 +169,17 @@ def test_providers_lists_every_provider_and_its_status(capsys):
         assert any(
             line.split()[:3] == [name, cls.__name__, "ready"] for line in output.splitlines()
         )
+    assert "sk-test" not in output
+
+
+def test_providers_shows_an_api_provider_without_its_key_as_not_ready(capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("COHERE_API_KEY", "secret-cohere-value")
+    assert main(["providers"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "not ready" in lines["openai"] and lines["openai"].endswith("set OPENAI_API_KEY")
+    assert " ready " in lines["cohere"] and "secret-cohere-value" not in lines["cohere"]
+    assert " ready " in lines["hash"]  # no key to set
 
 
 def test_providers_reports_a_missing_module_and_how_to_install_it(capsys, monkeypatch):
@@ -215,9 +231,56 @@ def test_readme_first_command_embeds_the_sample_offline(repo_root, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
+    console = result.stdout + result.stderr  # what a person reads, with the real model
+    for alarm in ("Token authentication", "Loading weights", "pid=", "\x1b["):
+        assert alarm not in console, alarm
     table = embedfleet.read(str(tmp_path / "out")).to_table()
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:
         sample = [json.loads(line) for line in handle]
     assert sorted(table["id"].to_pylist()) == sorted(row["id"] for row in sample)
     assert table.schema.field("embedding").type.list_size == 384
     assert json.loads(table.schema.metadata[b"embedfleet"])["provider"] == "default"
+
+
+def test_help_is_written_for_users(capsys):
+    helps = {}
+    for command in ("", "embed", "providers", "run", "plan", "status", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"] if command else ["--help"])
+        helps[command] = capsys.readouterr().out
+    top = helps[""].split("\n\n")[1]
+    assert top.startswith("Embed text with local models or API providers")
+    assert "exit codes:" in helps[""] and "130  interrupted" in helps[""]
+    for name, text in helps.items():
+        assert "``" not in text and "parse, call the library" not in text, name
+        if name:  # each subcommand says what it does, in a sentence, under its usage
+            assert text.split("\n\n")[1][0].isupper(), (name, text)
+
+
+@pytest.mark.parametrize(
+    ("provider", "config", "key"),
+    [
+        ("hash", {"dimenson": 8}, "dimension"),
+        ("default", {"precison": "fp32"}, "precision"),
+        ("sentence_transformer", {"model_name": "x", "precison": "bf16"}, "precision"),
+        ("openai", {"max_concurency": 2}, "max_concurrency"),
+    ],
+)
+def test_a_typo_in_embedding_config_exits_2_before_ray_starts(
+    tmp_path, capsys, monkeypatch, provider, config, key
+):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    typo = next(name for name in config if name != "model_name")
+    spec = tmp_path / "job.toml"
+    settings = "".join(f"{name} = {json.dumps(value)}\n" for name, value in config.items())
+    spec.write_text(
+        f'[source]\nuri = "docs.jsonl"\n[embedding]\nprovider = "{provider}"\n'
+        f'[embedding.config]\n{settings}[output]\nuri = "out"\n'
+    )
+    for command in ("run", "plan"):
+        assert main([command, str(spec)]) == EXIT_USAGE
+        error = capsys.readouterr().err
+        assert f"embedding.config.{typo}: unknown key for provider {provider!r}" in error
+        assert f"did you mean {key!r}" in error and "valid keys: " in error

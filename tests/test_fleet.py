@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -155,6 +156,43 @@ def test_a_new_fleet_with_the_same_name_replaces_the_old_one():
         first(["x"])
     assert len(second(["x"])) == 1
     second.shutdown()
+
+
+def test_fleets_of_different_configs_coexist_and_rerunning_one_replaces_only_it():
+    """A notebook comparing two configurations, then re-running the first cell."""
+    free = ray.available_resources().get("CPU", 0)
+    first = embedfleet.remote(HashEmbeddingFunction(dimension=8), replicas=1, num_cpus=1)
+    other = embedfleet.remote(HashEmbeddingFunction(dimension=16), replicas=1, num_cpus=1)
+    assert first(["x"])[0].shape == (8,) and other(["x"])[0].shape == (16,)
+    again = embedfleet.remote(HashEmbeddingFunction(dimension=8), replicas=1, num_cpus=1)
+    started = time.monotonic()
+    with pytest.raises(FleetError, match=r"'hash' \(dimension=8\) was replaced by a newer"):
+        first(["x"])
+    assert time.monotonic() - started < 5  # at once, never a hang
+    assert again(["x"])[0].shape == (8,) and other(["y"])[0].shape == (16,)
+    again.shutdown()
+    other.shutdown()
+    deadline = time.monotonic() + 15  # killed actors take a moment to free their CPUs
+    while ray.available_resources().get("CPU", 0) < free and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == free  # nothing leaked
+
+
+def test_a_fleet_that_cannot_fit_beside_the_live_ones_fails_at_once_naming_them():
+    """Two 2-replica CPU fleets on a 2-CPU instance this process started: the second
+    fails in moments, not after its start timeout, and says what holds the CPUs."""
+    with embedfleet.remote(HashEmbeddingFunction(dimension=8), replicas=2, num_cpus=1):
+        started = time.monotonic()
+        with pytest.raises(FleetStartError) as caught:
+            embedfleet.remote(
+                HashEmbeddingFunction(dimension=16), replicas=2, num_cpus=1, start_timeout=600
+            )
+        assert time.monotonic() - started < 60
+    message = str(caught.value)
+    assert "fleet 'hash' (dimension=16) cannot be placed: 2 replicas x num_cpus=1" in message
+    assert "it asks for CPU=2, the cluster has 2 (free 0)" in message
+    assert "Shut one down (fleet.shutdown())" in message
+    assert "'hash' (dimension=8) holds 2 replicas x num_cpus=1, num_gpus=0" in message
 
 
 def test_custom_unregistered_function_is_sent_with_cloudpickle():

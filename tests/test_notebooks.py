@@ -139,22 +139,59 @@ def test_quickstart_runs_and_rerunning_the_fleet_cell_keeps_two_replicas():
     assert "image/png" in mime_types(notebook.cells[plot_cell])
 
 
-@pytest.mark.real_model
-def test_compare_models_reports_recall_and_throughput_for_both_precisions_and_chunking():
+@pytest.fixture(scope="module")
+def compare_models() -> nbformat.NotebookNode:
+    """compare_models.ipynb, executed once for the tests below."""
     notebook = nbformat.read(NOTEBOOKS / "compare_models.ipynb", as_version=4)
     make_client(notebook).execute(env=kernel_env())
+    return notebook
 
+
+def results_rows(notebook: nbformat.NotebookNode) -> dict[str, str]:
     table = notebook.cells[tagged(notebook, "results")].outputs[0]["data"]["text/markdown"]
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
+    return {line.split("|")[1].strip(): line for line in table.splitlines() if "|" in line}
+
+
+@pytest.mark.real_model
+def test_compare_models_reports_recall_and_throughput_for_both_precisions(compare_models):
+    rows = results_rows(compare_models)
     assert "recall@1" in rows["precision"] and "docs/s" in rows["precision"]
     for label in ("fp32", "bf16"):
         recall_1, recall_5 = (float(cell) for cell in rows[label].split("|")[2:4])
         assert 0.6 <= recall_1 <= recall_5 <= 1.0
-    assert "image/png" in mime_types(notebook.cells[tagged(notebook, "plot")])
-    # long documents: chunks find more documents among the top five than truncated vectors
-    cell = notebook.cells[tagged(notebook, "chunking")]
+    assert "image/png" in mime_types(compare_models.cells[tagged(compare_models, "plot")])
+
+
+@pytest.mark.real_model
+def test_compare_models_chunks_find_more_long_documents_than_truncated_vectors(compare_models):
+    cell = compare_models.cells[tagged(compare_models, "chunking")]
     table = cell.outputs[0]["data"]["text/markdown"]
     rows = {
         line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if "|" in line
     }
     assert float(rows["chunks"][4]) > float(rows["one vector per document"][4])
+
+
+@pytest.mark.real_model
+def test_compare_models_times_the_precisions_interleaved_and_says_when_it_is_noise(
+    compare_models,
+):
+    """A throughput ratio from a measurement too small to hold under load once read
+    0.18x against the README's 2x: the notebook measures interleaved rounds over
+    seconds of text after a warm-up, reports the median and the spread, and says when
+    the machine is too noisy for the ratio to mean anything."""
+    cell = compare_models.cells[tagged(compare_models, "throughput")]
+    sized = re.search(r"(\d+) texts per pass, (\d+) interleaved rounds", stream(cell, "stdout"))
+    texts, rounds = int(sized[1]), int(sized[2])
+    assert texts >= 120 and rounds >= 3
+    rows = results_rows(compare_models)
+    for label in ("fp32", "bf16"):
+        median = float(rows[label].split("|")[4])
+        low, high = (float(value) for value in rows[label].split("|")[5].split("-"))
+        assert low <= median <= high
+    table = compare_models.cells[tagged(compare_models, "results")].outputs[0]["data"][
+        "text/markdown"
+    ]
+    assert f"(median of {rounds} interleaved rounds; rounds ranged " in table
+    noisy = "too noisy for this figure to mean anything" in table
+    assert noisy == bool(re.search(r"passes spread by \d+%|disagree", table))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedfleet import EmbeddingFunction, embedding_functions
-from embedfleet.embedding_functions import registry
+from embedfleet.embedding_functions import SentenceTransformerEmbeddingFunction, registry
 from embedfleet.errors import ConfigError, RegistryError, UnknownProviderError
 from embedfleet.testing import HashEmbeddingFunction
 
@@ -72,6 +72,26 @@ def test_unknown_provider_names_the_known_ones():
 def test_unknown_config_key_is_a_config_error_naming_it():
     with pytest.raises(ConfigError, match="colour"):
         embedding_functions.build("hash", {"colour": "blue"})
+
+
+@pytest.mark.parametrize("name", embedding_functions.names())
+def test_every_provider_refuses_an_unknown_config_key_naming_its_path_and_the_valid_ones(name):
+    """Shared behaviour: a typo fails when the function is built, not when a replica runs."""
+    with pytest.raises(ConfigError) as caught:
+        embedding_functions.build(name, {"precison": "bf16"}, where="embedding.config")
+    message = str(caught.value)
+    assert message.startswith(f"embedding.config.precison: unknown key for provider {name!r}")
+    assert "valid keys: " in message and "batch_size" in message
+
+
+def test_sentence_transformer_passes_on_only_what_the_model_loader_takes(tiny_model_dir):
+    config = {"model_name": str(tiny_model_dir), "attn_implementation": "eager"}
+    built = embedding_functions.build("sentence_transformer", config)
+    assert built.get_config()["attn_implementation"] == "eager"
+    with pytest.raises(ConfigError, match=r"'precison': unknown key.*did you mean 'precision'"):
+        SentenceTransformerEmbeddingFunction(str(tiny_model_dir), precison="bf16")
+    with pytest.raises(ConfigError, match="set the dtype with precision="):  # its own hint
+        embedding_functions.build("sentence_transformer", {**config, "torch_dtype": "bf16"})
 
 
 def test_registering_a_name_twice_is_an_error():

@@ -1,12 +1,7 @@
 """The ``embedfleet`` command: parse, call the library, print.
 
-Exit codes: 0 success (a job: every shard committed); 1 the work failed (model,
-provider, output, a destination's sync, or some shards failed: the advice printed says
-what to fix, and a re-run retries only those); 2 bad usage, config or input (nothing was
-embedded); 3 the output is locked by
-another run; 4 a job stopped at its budget (budget.max_tokens / max_cost;
-committed shards stay, re-run to resume, with a fresh per-run budget); 130 interrupted
-(committed shards stay, the run is resumable).
+The arguments and the help a user reads are in :mod:`embedfleet.cli_parser`; this
+module runs each subcommand and owns the exit codes (``EXIT_*``, listed in the help).
 """
 
 from __future__ import annotations
@@ -14,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +17,10 @@ from pathlib import Path
 import fsspec
 
 from embedfleet import cli_sync, embedding_functions
-from embedfleet._version import __version__
+from embedfleet.cli_parser import build_parser
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
 from embedfleet.job.result import describe_quota
-from embedfleet.job.spec import MODE_ALIASES, MODES
 from embedfleet.job.store import OutputStore
 from embedfleet.output_format import embedding_metadata, embeddings_table, write_parquet
 from embedfleet.pricing import format_cost
@@ -39,10 +34,18 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    arguments = parser.parse_args(argv)
+    arguments = build_parser().parse_args(argv)
+    handler = {
+        "embed": _embed,
+        "providers": _providers,
+        "run": _run,
+        "plan": _plan,
+        "status": _status,
+        "bench": _bench,
+        "sync": cli_sync.run_sync,
+    }[arguments.command]
     try:
-        return int(arguments.handler(arguments))
+        return int(handler(arguments))
     except (ConfigError, InvalidInputError) as exc:
         print(f"embedfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -55,113 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedfleetError as exc:
         print(f"embedfleet: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="embedfleet",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n")[1].replace("\n", " "),
-    )
-    parser.add_argument("--version", action="version", version=f"embedfleet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    embed = commands.add_parser("embed", help="embed texts with one provider")
-    embed.add_argument("texts", nargs="*", metavar="TEXT", help="documents to embed")
-    embed.add_argument(
-        "--input",
-        metavar="FILE",
-        help="read documents from a .jsonl file (one object per line) or a text file "
-        "(one document per line); any fsspec URL",
-    )
-    embed.add_argument("--text-field", default="text", help="JSON Lines field holding the text")
-    embed.add_argument("--id-field", default="id", help="JSON Lines field holding the id")
-    embed.add_argument("--provider", default="default", help="registry name (see `providers`)")
-    embed.add_argument("--config", default="{}", help="provider config as a JSON object")
-    embed.add_argument("--query", action="store_true", help="embed as search queries")
-    embed.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
-    embed.add_argument("--output", metavar="PATH", help="output file (required for parquet)")
-    embed.set_defaults(handler=_embed)
-
-    providers = commands.add_parser("providers", help="list providers and whether they can run")
-    providers.set_defaults(handler=_providers)
-
-    run = commands.add_parser(
-        "run",
-        help="run a job spec: embed a dataset into Parquet",
-        epilog="exit codes: 0 done (or up to date); 1 shards failed (the advice printed says "
-        "what to fix; a re-run retries only them); 2 bad spec; "
-        "3 locked; 4 stopped at the budget (re-run to resume, with a fresh per-run budget); "
-        "130 interrupted",
-    )
-    _job_arguments(run)
-    run.add_argument("--quiet", action="store_true", help="no progress bar or summary (cron)")
-    run.add_argument("--report", metavar="PATH", help="write the run's summary as JSON")
-    run.set_defaults(handler=_run)
-
-    plan = commands.add_parser("plan", help="shards, rows and tokens of a job, embedding nothing")
-    _job_arguments(plan)
-    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.add_argument(
-        "--exact",
-        action="store_true",
-        help="read every record of the source (and the latest snapshot's ids and hashes) and "
-        "count new, changed, unchanged and deleted rows and the tokens to embed exactly "
-        "(without it: a bounded estimate)",
-    )
-    plan.set_defaults(handler=_plan)
-
-    status = commands.add_parser("status", help="summarise a job output's snapshots")
-    status.add_argument("output", metavar="OUTPUT", help="the job's output URI")
-    status.set_defaults(handler=_status)
-    cli_sync.add_parser(commands)  # embedfleet sync OUTPUT --to URI
-
-    bench = commands.add_parser("bench", help="throughput: encode vs in-process vs a full job")
-    bench.add_argument("--docs", type=int, default=10_000, help="documents in the corpus")
-    bench.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where every path runs (auto: the GPU where one is visible)",
-    )
-    bench.add_argument(
-        "--replicas", type=int, help="the job's replicas (default: 2 on CPU, one per GPU)"
-    )
-    bench.add_argument("--num-cpus", type=float, default=1, help="CPUs per job replica")
-    bench.add_argument(
-        "--num-gpus", type=float, help="GPUs per job replica (default: 1 on a GPU, else 0)"
-    )
-    bench.add_argument("--report", metavar="PATH", help="write the results as JSON")
-    bench.set_defaults(handler=_bench)
-    return parser
-
-
-def _job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="job spec (TOML)")
-    parser.add_argument("--output", help="override output.uri")
-    parser.add_argument(
-        "--mode",
-        choices=[*MODES, *MODE_ALIASES],
-        help="override output.mode: update (the default: resume, else embed only new and "
-        "changed rows) or overwrite (embed everything again); incremental and resume are "
-        "older names of update",
-    )
-    parser.add_argument(
-        "--incremental",
-        action="store_const",
-        const="update",
-        dest="mode",
-        help="same as --mode update (the default): embed only new and changed rows",
-    )
-    parser.add_argument("--rows-per-shard", type=int, help="override output.rows_per_shard")
-    parser.add_argument("--replicas", type=int, help="override fleet.replicas")
-    parser.add_argument("--num-cpus", type=float, help="override fleet.num_cpus")
-    parser.add_argument("--num-gpus", type=float, help="override fleet.num_gpus")
-    parser.add_argument("--address", help="override fleet.address (or set RAY_ADDRESS)")
-    parser.add_argument(
-        "--max-tokens", type=int, help="override budget.max_tokens (input tokens, this run)"
-    )
-    parser.add_argument("--max-cost", type=float, help="override budget.max_cost (USD, this run)")
 
 
 def _load_job(arguments: argparse.Namespace) -> Job:
@@ -186,7 +82,10 @@ def _load_job(arguments: argparse.Namespace) -> Job:
 
 def _run(arguments: argparse.Namespace) -> int:
     job = _load_job(arguments)
+    command = _process_age()  # interpreter start, imports, the spec: before run()
     result = job.run(progress=not arguments.quiet)
+    if command is not None:
+        result.startup_phases = {"command": command, **result.startup_phases}
     summary = result.to_dict()
     if arguments.report:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:
@@ -273,6 +172,15 @@ def _bench(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def _print_table(rows: list[tuple[str, object]]) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
@@ -295,7 +203,9 @@ def _embed(arguments: argparse.Namespace) -> int:
         config = json.loads(arguments.config)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--config is not valid JSON: {exc}") from exc
-    ef = embedding_functions.build(arguments.provider, config)
+    if not isinstance(config, dict):
+        raise ConfigError(f"--config must be a JSON object, got {type(config).__name__}")
+    ef = embedding_functions.build(arguments.provider, config, where="--config")
     vectors = ef.embed_query(texts) if arguments.query else ef(texts)
 
     if arguments.format == "parquet":
@@ -357,14 +267,15 @@ def _providers(arguments: argparse.Namespace) -> int:
     rows = [("NAME", "CLASS", "STATUS", "NEEDS")]
     for name in embedding_functions.names():
         cls = embedding_functions.get(name)
-        missing = cls.missing_requirements()
-        rows.append(
-            (name, cls.__name__, "missing" if missing else "ready", "; ".join(missing) or "-")
-        )
+        missing, setup = cls.missing_requirements(), cls.missing_setup()
+        status = "missing" if missing else "not ready" if setup else "ready"
+        rows.append((name, cls.__name__, status, "; ".join(missing + setup) or "-"))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for *cells, needs in rows:
         print(
-            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)), needs
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)),
+            needs,
+            sep="  ",
         )
     return EXIT_OK
 

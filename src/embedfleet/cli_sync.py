@@ -45,7 +45,7 @@ def add_parser(commands: Any) -> None:
     )
     sync.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     sync.add_argument("--report", metavar="PATH", help="write each sync's summary as JSON")
-    sync.set_defaults(handler=run_sync)
+    sync.set_defaults(command="sync")
 
 
 def _targets(arguments: argparse.Namespace) -> tuple[OutputStore, list[DestinationSpec]]:

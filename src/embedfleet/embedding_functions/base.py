@@ -14,12 +14,11 @@ here so that every provider behaves the same:
 * output validation: a wrong count, a changing dimension or a non-finite value
   raises :class:`~embedfleet.errors.EmbeddingOutputError`, never a ``None``;
 * ``get_config()`` / ``build_from_config()`` round-trip through the
-  constructor's keyword arguments, so a function rebuilt on a Ray worker embeds
-  exactly like the original.
+  constructor's keyword arguments (a key it does not take is a ``ConfigError``
+  naming it, :mod:`.config_keys`), so a rebuilt function embeds like the original.
 
-The class matches Chroma's ``EmbeddingFunction`` protocol (``__call__(input)``,
-``embed_query``, static ``name()``, ``get_config`` / ``build_from_config``)
-without inheriting from chromadb, which is only a test extra.
+It matches Chroma's ``EmbeddingFunction`` protocol (``__call__(input)``, ``embed_query``,
+static ``name()``, ``get_config`` / ``build_from_config``) without inheriting from chromadb.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from embedfleet.embedding_functions.batching import (
     deduplicate,
     enforce_limit,
 )
+from embedfleet.embedding_functions.config_keys import check_config_keys
 from embedfleet.embedding_functions.token_counter import TokenCounter
 from embedfleet.errors import ConfigError, EmbeddingOutputError, InvalidInputError
 from embedfleet.tokens import estimate_tokens
@@ -120,6 +120,8 @@ class EmbeddingFunction(ABC):
     #: Cut batches by padded tokens (batch size x longest text) instead of by count;
     #: None: ``batch_size`` texts per batch. Local models set it (``max_batch_tokens``).
     max_batch_tokens: int | None = None
+    #: Keys a ``**kwargs`` constructor hands on (a model loader, HTTP options); None: unchecked.
+    passthrough_config_keys: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, on_long: str = "truncate") -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -140,6 +142,11 @@ class EmbeddingFunction(ABC):
             for requirement in cls.requirements
             if importlib.util.find_spec(requirement.module) is None
         ]
+
+    @classmethod
+    def missing_setup(cls) -> list[str]:
+        """What a user must set here before it runs, as "set NAME" (names, never values)."""
+        return []
 
     # ------------------------------------------------------------------ the one method
     @abstractmethod
@@ -167,7 +174,8 @@ class EmbeddingFunction(ABC):
         return self._embed_all(validate_documents(input), query=query)
 
     def embed_with_retries(self, input: Documents | str, **retry_kwargs: Any) -> Embeddings:
-        """Chroma protocol member: ``__call__`` under tenacity's ``retry`` (from chromadb)."""
+        """Chroma protocol member: ``__call__`` under tenacity's ``retry(**retry_kwargs)``
+        (tenacity comes with chromadb, the only caller of this method)."""
         from tenacity import retry
 
         return retry(**retry_kwargs)(self.__call__)(input)  # type: ignore[no-any-return]
@@ -207,8 +215,7 @@ class EmbeddingFunction(ABC):
         return TokenCounter.of(self.billed_tokens, self.max_tokens(), "a conservative estimate")
 
     def concurrent_batches(self) -> int:
-        """Batches a fleet replica of this function serves at once: one for
-        ``"compute"``, :data:`DEFAULT_IO_CONCURRENCY` for ``"io"`` unless overridden."""
+        """Batches a fleet replica serves at once: 1 for compute, else the I/O default."""
         return 1 if self.workload == "compute" else DEFAULT_IO_CONCURRENCY
 
     # ------------------------------------------------------------------ config
@@ -231,6 +238,7 @@ class EmbeddingFunction(ABC):
         if not isinstance(config, dict):
             raise ConfigError(f"{cls.__name__} config must be a dict, got {type(config).__name__}")
         cls.validate_config(config)
+        check_config_keys(cls, config)
         try:
             return cls(**config)
         except TypeError as exc:
@@ -357,11 +365,8 @@ CHROMA_REGISTRY_MODULE = "chromadb.utils.embedding_functions"
 
 
 def make_known_to_chroma(cls: type[EmbeddingFunction]) -> None:
-    """Add ``cls`` to Chroma's registry if chromadb is already imported (never imports it).
-
-    Chroma rebuilds a persisted collection's function by looking ``name()`` up
-    there; without this, only the process that created the collection could.
-    """
+    """Add ``cls`` to Chroma's registry if chromadb is already imported (never imports it):
+    Chroma rebuilds a persisted collection's function by looking ``name()`` up there."""
     chroma = sys.modules.get(CHROMA_REGISTRY_MODULE)
     name = cls.name()
     if chroma is not None and isinstance(name, str):

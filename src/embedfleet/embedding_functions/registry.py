@@ -24,6 +24,7 @@ from embedfleet.embedding_functions.base import (
     EmbeddingFunction,
     make_known_to_chroma,
 )
+from embedfleet.embedding_functions.config_keys import check_config_keys
 from embedfleet.errors import MissingDependencyError, RegistryError, UnknownProviderError
 
 ENTRY_POINT_GROUP = "embedfleet.embedding_functions"
@@ -118,9 +119,16 @@ def get(name: str) -> type[EmbeddingFunction]:
             ) from None
 
 
-def build(name: str, config: dict[str, Any] | None = None) -> EmbeddingFunction:
-    """Build provider ``name`` from a config (as returned by ``get_config()``)."""
-    return get(name).build_from_config(dict(config or {}))
+def build(
+    name: str, config: dict[str, Any] | None = None, *, where: str = "config"
+) -> EmbeddingFunction:
+    """Build provider ``name`` from a config (as returned by ``get_config()``). A key the
+    provider does not take is a ``ConfigError`` naming its path (``where``.key, e.g.
+    ``embedding.config.precison`` in a job spec) and the provider's valid keys."""
+    cls = get(name)
+    config = dict(config or {})
+    check_config_keys(cls, config, where=where)
+    return cls.build_from_config(config)
 
 
 def names() -> list[str]:

@@ -15,10 +15,8 @@ What Ray does and embedfleet does not re-implement:
   flight per replica, waits with ``ray.wait`` and sends the next batch to the
   replica with the fewest outstanding batches.
 
-Replicas are built on the worker from the registry (``name`` + config), so
-models, clients and sockets are never pickled; custom, unregistered functions
-are sent with cloudpickle instead. API keys are read from the worker's own
-environment, never shipped.
+Replicas are built on the worker from the registry (``name`` + config), so models,
+clients and sockets are never pickled (custom functions travel as a cloudpickle).
 """
 
 from __future__ import annotations
@@ -27,13 +25,13 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from embedfleet.embedding_functions.base import (
-    DEFAULT_IO_CONCURRENCY,
     Documents,
     EmbeddingFunction,
     Embeddings,
@@ -41,14 +39,21 @@ from embedfleet.embedding_functions.base import (
 )
 from embedfleet.embedding_functions.batching import CallPlan
 from embedfleet.errors import BatchFailedError, ConfigError, FleetError, FleetStartError
-from embedfleet.fleet import live_fleets
+from embedfleet.fleet import live_fleets, placement
+from embedfleet.fleet.placement import Reservation
+from embedfleet.fleet.ray_start import cluster_can_grow, ensure_ray
 from embedfleet.fleet.replica import (
     FunctionSpec,
     Replica,
+    cause_of,
+    concurrent_batches_of,
     kill_actors,
+    merged_description,
     require_ray,
     startup_failure,
+    workload_of,
 )
+from embedfleet.fleet.worker_output import NoteRelay
 
 logger = logging.getLogger("embedfleet.fleet")
 
@@ -68,12 +73,16 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
 
     API keys are read from each worker's own environment; ``forward_env`` (opt-in)
     copies the named variables from this process to the replicas through Ray's
-    runtime environment, where Ray's dashboard and logs show them. A fleet created
-    under the same ``name`` in this process replaces the previous one (re-running a
-    notebook cell never leaks actors). ``address`` (or ``RAY_ADDRESS``) joins a
-    running cluster; without either, a local Ray instance is started. ``resources``
+    runtime environment, where Ray's dashboard and logs show them. A fleet with the
+    same function and parameters (or the same ``name``) as a live one of this process
+    replaces it (re-running a notebook cell never leaks actors); others coexist, and one
+    that the local instance cannot place beside them fails at once. ``address`` (or
+    ``RAY_ADDRESS``) joins a running cluster; without either, a local Ray instance is
+    started. ``resources``
     asks each replica for custom node resources (``{"gpu_node": 1}``), which pins
-    replicas to the nodes started with them (``ray start --resources``).
+    replicas to the nodes started with them (``ray start --resources``). ``while_starting``
+    runs once the replicas are asked for, before waiting for them (a job starts its shard
+    workers there: Ray starts worker processes a few at a time, replicas' first).
     """
 
     def __init__(
@@ -92,6 +101,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         forward_env: list[str] | None = None,
         max_concurrency: int | None = None,
         resources: dict[str, float] | None = None,
+        while_starting: Callable[[], object] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -123,6 +133,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         self.max_pending_per_replica = max(max_pending_per_replica, self.max_concurrency)
         self.fleet_name = name or getattr(function, "provider_name", "") or type(function).__name__
         self._spec = FunctionSpec.of(function)
+        self.reservation = Reservation(replicas, self.num_cpus, num_gpus, self.resources)
         if isinstance(function, EmbeddingFunction):
             self._dimension = function.known_dimension
         self._actors: list[Any] = []
@@ -130,20 +141,35 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         self._balance_lock = threading.Lock()
         self._owner = True
         self.placement: list[dict[str, Any]] = []
+        self.replica_startup: list[dict[str, float]] = []  # seconds per phase, per replica
+        self._retired: str | None = None  # why calls are refused (replaced, shut down)
+        self._notes = NoteRelay(self.fleet_name)
         self.forward_env = list(forward_env or [])
         missing = [variable for variable in self.forward_env if variable not in os.environ]
         if missing:
             raise ConfigError(f"forward_env names unset environment variables: {missing}")
+        parameters = {
+            "function": self._spec.identity(),
+            "fleet": [replicas, self.num_cpus, num_gpus, self.resources, self.batch_size],
+            "dispatch": [self.max_concurrency, self.max_pending_per_replica, max_restarts],
+            "env": self.forward_env,
+            "address": address,
+        }
+        self.fleet_key = name or live_fleets.identity_key(self.fleet_name, parameters)
 
         ray = require_ray()
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        live_fleets.replace(self.fleet_name, self)
-        self._start(ray, start_timeout, max_restarts)
+        ensure_ray(address)
+        replaced = live_fleets.replace(self.fleet_key, self)
+        if not cluster_can_grow(ray):  # fail at once where waiting cannot help
+            holders = partial(live_fleets.holders, exclude=self)
+            placement.refuse_without_room(ray, self, holders, replaced, start_timeout)
+        self._start(ray, start_timeout, max_restarts, while_starting or (lambda: None))
         self._finalizer = weakref.finalize(self, kill_actors, list(self._actors))
 
     # ------------------------------------------------------------------ start / stop
-    def _start(self, ray: Any, start_timeout: float, max_restarts: int) -> None:
+    def _start(
+        self, ray: Any, start_timeout: float, max_restarts: int, meanwhile: Callable[[], object]
+    ) -> None:
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
@@ -160,46 +186,47 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         threads = max(1, int(self.num_cpus)) if self.num_cpus >= 1 else None
         self._actors = [actor_class.remote(self._spec, threads) for _ in range(self.replicas)]
         probes = [actor.ready.remote() for actor in self._actors]
+        meanwhile()
         _, waiting = ray.wait(probes, num_returns=len(probes), timeout=start_timeout)
         try:
             if waiting:
-                raise FleetStartError(self._placement_message(ray, len(waiting), start_timeout))
-            placement = []
+                raise FleetStartError(
+                    placement.timeout_message(
+                        self.fleet_name, self.reservation, ray, len(waiting), start_timeout
+                    )
+                )
             for index, probe in enumerate(probes):
                 try:
-                    placement.append(ray.get(probe))
+                    ready = ray.get(probe)
                 except ray.exceptions.RayActorError as exc:
                     raise FleetStartError(
                         f"replica {index} of {self.fleet_name!r} failed to start: "
                         f"{startup_failure(exc)}"
                     ) from exc
-            self.placement = placement
+                self.replica_startup.append(ready.pop("startup"))
+                self.placement.append(ready)
+            self._notes.relay({i: ready.pop("notes") for i, ready in enumerate(self.placement)})
         except FleetStartError:
             kill_actors(self._actors)
             self._actors = []
             raise
 
-    def _placement_message(self, ray: Any, missing: int, timeout: float) -> str:
-        total = ray.cluster_resources()
-        free = ray.available_resources()
-        return (
-            f"{missing} of {self.replicas} replicas of {self.fleet_name!r} could not be placed "
-            f"within {timeout:g}s: each asks for num_cpus={self.num_cpus:g}, "
-            f"num_gpus={self.num_gpus:g}; the cluster has CPU {total.get('CPU', 0):g} "
-            f"(free {free.get('CPU', 0):g}), GPU {total.get('GPU', 0):g} "
-            f"(free {free.get('GPU', 0):g})"
-            + "".join(
-                f"; it asks for {name}={amount:g}, the cluster has {total.get(name, 0):g} "
-                f"(free {free.get(name, 0):g})"
-                for name, amount in self.resources.items()
-            )
-        )
+    @property
+    def label(self) -> str:
+        """The fleet's name and, for a registered function, its config where it differs
+        from the defaults: what tells this fleet from another of the same provider."""
+        return self._spec.label(self.fleet_name)
 
     def shutdown(self) -> None:
         """Release the actors (also done when the object is garbage-collected)."""
         if self._owner and self._actors:
             self._finalizer()
         self._actors = []
+
+    def retire(self, reason: str) -> None:
+        """Shut down for ``reason``, which later calls raise at once."""
+        self._retired = reason
+        self.shutdown()
 
     @property
     def running(self) -> bool:
@@ -216,14 +243,14 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         """Pickles into Ray tasks as actor handles + spec; never the local model.
         A copy does not own the actors: only the creator shuts them down."""
         state = super().__getstate__()
-        for key in ("_function", "_balance_lock", "_finalizer"):
+        for key in ("_function", "_balance_lock", "_finalizer", "_notes"):
             state.pop(key, None)
         state["_owner"] = False
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._balance_lock = threading.Lock()
+        self._balance_lock, self._notes = threading.Lock(), NoteRelay(self.fleet_name)
         self._function = None
 
     @property
@@ -252,24 +279,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         that fails on one kind of hardware), a warning names what differs."""
         ray = require_ray()
         described = ray.get([actor.describe.remote() for actor in self._live_actors()])
-        first = described[0]
-        differ = sorted(
-            {
-                key
-                for other in described[1:]
-                for key in {*first, *other}
-                if first.get(key) != other.get(key)
-            }
-        )
-        if differ:
-            values = {key: sorted({repr(each.get(key)) for each in described}) for key in differ}
-            logger.warning(
-                "the replicas of fleet %r describe the function differently (%s); the "
-                "metadata records replica 0's",
-                self.fleet_name,
-                "; ".join(f"{key}: {', '.join(found)}" for key, found in values.items()),
-            )
-        return first
+        return merged_description(described, self.fleet_name)
 
     def __repr__(self) -> str:
         return (
@@ -305,7 +315,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     # ------------------------------------------------------------------ dispatch
     def _live_actors(self) -> list[Any]:
         if not self._actors:
-            raise FleetError(f"fleet {self.fleet_name!r} is shut down")
+            raise FleetError(f"fleet {self.label} {self._retired or 'is shut down'}")
         return self._actors
 
     def _embed_batches(self, batches: list[Documents], plan: CallPlan) -> Iterator[Any]:
@@ -332,7 +342,8 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                     for ref in done:
                         batch, replica = in_flight.pop(ref)
                         self._release(mine, replica)
-                        results[batch] = self._collect(ray, ref, batch, len(batches[batch]), plan)
+                        size = len(batches[batch])
+                        results[batch] = self._collect(ray, ref, batch, size, replica, plan)
                     continue
                 yield results.pop(next_yield)
                 next_yield += 1
@@ -357,11 +368,13 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
             self._outstanding[replica] -= 1
             mine[replica] -= 1
 
-    def _collect(self, ray: Any, ref: Any, batch: int, size: int, plan: CallPlan) -> np.ndarray:
+    def _collect(
+        self, ray: Any, ref: Any, batch: int, size: int, replica: int, plan: CallPlan
+    ) -> np.ndarray:
         try:
-            matrix, counts = ray.get(ref)
+            matrix, counts, notes = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = _cause(exc)
+            cause = cause_of(exc)
             raise BatchFailedError(
                 f"batch {batch} ({size} texts) failed on fleet {self.fleet_name!r}: "
                 f"{type(cause).__name__}: {cause}",
@@ -374,25 +387,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
                 f"all restarts: {exc}"
             ) from exc
         plan.counts.add(counts)
+        if notes:
+            self._notes.relay({replica: notes})
         return matrix
-
-
-# ---------------------------------------------------------------------- helpers
-def workload_of(function: Any) -> str:
-    """The declared workload; plain callables (not EmbeddingFunctions) count as compute."""
-    return str(getattr(function, "workload", "compute"))
-
-
-def concurrent_batches_of(function: Any) -> int:
-    """Batches one replica serves at once, as the function declares it."""
-    if isinstance(function, EmbeddingFunction):
-        return function.concurrent_batches()
-    return 1 if workload_of(function) == "compute" else DEFAULT_IO_CONCURRENCY
-
-
-def _cause(exc: BaseException) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 #: ``embedfleet.remote(ef, replicas=2, ...)`` reads best at call sites.

@@ -27,6 +27,7 @@ from embedfleet.errors import (
     SourceReadError,
 )
 from embedfleet.job.records import add_kinds
+from embedfleet.job.startup import describe_phases
 from embedfleet.job.store import SNAPSHOTS, ShardMarker
 from embedfleet.pricing import format_cost
 
@@ -88,6 +89,11 @@ class JobResult:
     shards_remaining: int = 0  # planned shards without a commit: a re-run resumes them
     seconds: float = 0.0
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
+    #: where start-up went, in seconds: lock, plan, ray_init, fleet (with the slowest
+    #: replica's fleet.replica / fleet.imports / fleet.model_load / fleet.precision_guard),
+    #: metadata, shard_workers (started alongside the fleet; shard_workers.after_fleet:
+    #: the wait left after it); the CLI adds command (process start to the run)
+    startup_phases: dict[str, float] = field(default_factory=dict)
     finish_seconds: float = 0.0  # after the last shard: fleet stop, checks, manifest, prune
     placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
     destinations: list[dict[str, Any]] = field(default_factory=list)  # each sync's summary
@@ -170,6 +176,7 @@ class JobResult:
                 f"{self.seconds:.1f} s ({self.startup_seconds:.1f} s start-up, "
                 f"{self.finish_seconds:.1f} s finish)",
             ),
+            ("start-up", describe_phases(self.startup_phases)),
             (
                 "rows/s",
                 f"{self.rows_per_second:.1f} "

@@ -54,6 +54,7 @@ from embedfleet.job.run_state import RunState
 from embedfleet.job.schedule import RayExecutor, Scheduler, window_for
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
+from embedfleet.job.startup import Startup
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
 
@@ -70,7 +71,7 @@ class Job:
         spec.check()
         self.spec = spec
         self.function: EmbeddingFunction = registry.build(
-            spec.embedding.provider, spec.embedding.config
+            spec.embedding.provider, spec.embedding.config, where="embedding.config"
         )
         self.fingerprint = spec.fingerprint(
             self.function.provider_name, self.function.vector_config()
@@ -148,6 +149,7 @@ class Job:
         see the module docstring."""
         started = time.perf_counter()
         with locked_run(self.output) as signals:
+            locked = time.perf_counter() - started
             result = self._run_locked(signals, progress, on_shard, started)
             if result.complete and self.spec.destination:  # clients load only then
                 from embedfleet.destinations.sync import sync_all
@@ -155,6 +157,7 @@ class Job:
                 specs = self.spec.destination
                 synced = sync_all(self.output, specs, progress=progress, stop=signals.stop)
                 result.destinations = [item.to_dict() for item in synced]
+        result.startup_phases = {"lock": locked, **result.startup_phases}
         result.seconds = time.perf_counter() - started
         return result
 
@@ -165,10 +168,13 @@ class Job:
         on_shard: Callable[[ShardMarker], None] | None,
         started: float,
     ) -> JobResult:
-        plan = self.plan()
+        startup = Startup()
+        plan = startup.plan_beside_ray(self.plan, lambda: self._start_ray(signals, startup))
         if plan.up_to_date and plan.base is not None:
             logger.info("%s", plan.note)
-            return JobResult.unchanged(plan.base, len(plan.shards))
+            unchanged = JobResult.unchanged(plan.base, len(plan.shards))
+            unchanged.startup_phases = startup.phases
+            return unchanged
         snapshot = self.output.snapshot(plan.snapshot or new_run_id())
         committed = still_committed(snapshot.commits(), plan.shards)
         todo = [shard for shard in plan.shards if shard.shard_id not in committed]
@@ -185,12 +191,14 @@ class Job:
         )
         for marker in committed.values():
             result.count_resumed(marker)
-        run = RunState(plan, snapshot, result, todo, signals, progress, on_shard, started)
+        run = RunState(plan, snapshot, result, todo, signals, progress, on_shard, started, startup)
+        result.startup_phases = startup.phases
         try:
             # the fleet first: the metadata comes from a replica (see _metadata)
             if todo or recorded is None:
-                run.fleet = self._start_fleet(signals)
-            run.metadata = self._metadata(run.fleet, recorded)
+                run.fleet = self._start_fleet(run)
+            with startup.timed("metadata"):
+                run.metadata = self._metadata(run.fleet, recorded)
             if plan.snapshot is None:
                 snapshot.start(self._run_info(run))
             if plan.base is not None:
@@ -205,29 +213,38 @@ class Job:
         result.finish_seconds = time.perf_counter() - embedded_at
         return result
 
-    def _start_fleet(self, signals: StopOnSignal) -> RemoteEmbeddingFunction:
-        """Ray (local, or the configured cluster) and the job's fleet of replicas."""
-        import ray
-
+    def _start_fleet(self, run: RunState) -> RemoteEmbeddingFunction:
+        """Ray (local, or the configured cluster) and the job's fleet of replicas; the
+        shard tasks' worker processes start once the replicas are asked for, while they
+        load (``Startup.warm_workers``)."""
         from embedfleet.fleet import RemoteEmbeddingFunction
 
-        fleet_spec = self.spec.fleet
-        if not ray.is_initialized():
-            ray.init(
-                address=fleet_spec.address, include_dashboard=False, logging_level=logging.WARNING
+        fleet_spec, startup = self.spec.fleet, run.startup
+        self._start_ray(run.signals, startup)
+        workers = min(len(run.todo), 2 * fleet_spec.replicas)
+        with startup.timed("fleet"):
+            fleet = RemoteEmbeddingFunction(
+                self.function,
+                replicas=fleet_spec.replicas,
+                num_cpus=fleet_spec.num_cpus,
+                num_gpus=fleet_spec.num_gpus,
+                max_pending_per_replica=fleet_spec.max_pending_per_replica,
+                batch_size=fleet_spec.batch_size,
+                resources=fleet_spec.resources,
+                start_timeout=fleet_spec.start_timeout,
+                name=f"job:{self.output.uri}",
+                while_starting=lambda: startup.warm_workers(workers, SHARD_TASK_CPUS),
             )
-            signals.install()
-        return RemoteEmbeddingFunction(
-            self.function,
-            replicas=fleet_spec.replicas,
-            num_cpus=fleet_spec.num_cpus,
-            num_gpus=fleet_spec.num_gpus,
-            max_pending_per_replica=fleet_spec.max_pending_per_replica,
-            batch_size=fleet_spec.batch_size,
-            resources=fleet_spec.resources,
-            start_timeout=fleet_spec.start_timeout,
-            name=f"job:{self.output.uri}",
-        )
+        startup.add_replicas(fleet.replica_startup)
+        return fleet
+
+    def _start_ray(self, signals: StopOnSignal, startup: Startup) -> None:
+        """Join the configured cluster or start the local instance, once."""
+        from embedfleet.fleet.ray_start import ensure_ray
+
+        with startup.timed("ray_init"):
+            if ensure_ray(self.spec.fleet.address):
+                signals.install()  # ray.init sets its own SIGTERM handler
 
     def _metadata(
         self, fleet: RemoteEmbeddingFunction | None, recorded: dict[str, Any] | None
@@ -267,10 +284,7 @@ class Job:
         window = window_for(
             fleet_spec.replicas, rows, fleet.batch_size, fleet_spec.max_pending_per_replica
         )
-        # Start the shard tasks' worker processes now (imports included): part of
-        # start-up, not of the first shards' time.
-        warm = ray.remote(num_cpus=SHARD_TASK_CPUS)(_warm_worker)
-        ray.get([warm.remote() for _ in range(min(window, 2 * fleet_spec.replicas))])
+        run.startup.workers_ready()
         result.startup_seconds = time.perf_counter() - run.started
         task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
         if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
@@ -379,7 +393,3 @@ def _chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, in
         for kind in ("rows", "embedded", "carried", "reused", "rejected")
     }
     return {**totals, "deleted": result.chunks_deleted}
-
-
-def _warm_worker() -> None:
-    """Nothing to do: running it starts a worker process with the job code imported."""

@@ -22,6 +22,7 @@ from embedfleet.job.retries import AGAIN, FAILED, ShardRetries
 from embedfleet.job.run_control import StopOnSignal
 from embedfleet.job.shard_task import OverBudget
 from embedfleet.job.shards import Shard
+from embedfleet.job.startup import Startup
 from embedfleet.job.store import ShardMarker, Snapshot
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class RunState:
     progress: bool  # show a progress bar
     on_shard: Callable[[ShardMarker], None] | None
     started: float  # perf_counter() when run() was called
+    startup: Startup  # where start-up goes; the shard workers it starts
     metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
     fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
     budget: Any = None  # the TokenBudget actor, with a token limit

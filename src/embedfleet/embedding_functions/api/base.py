@@ -22,6 +22,7 @@ the modules this one calls:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import threading
 import time
@@ -100,6 +101,8 @@ class HttpEmbeddingFunction(EmbeddingFunction):
     """
 
     requirements = (Requirement("httpx", API_INSTALL_HINT),)
+    #: a provider's ``**options`` are the shared keywords, and only those
+    passthrough_config_keys = frozenset(HttpOptions.__annotations__)
     workload = "io"  # waits on the provider: replicas reserve no CPU
     bills_per_token = True
     operational_keys = frozenset(
@@ -187,6 +190,16 @@ class HttpEmbeddingFunction(EmbeddingFunction):
         which is then retried like truncated JSON.
         """
         raise NotImplementedError
+
+    @classmethod
+    def missing_setup(cls) -> list[str]:
+        """The key's variable when it is unset here (the default ``api_key_env_var``; a
+        config may name another, or pass ``api_key``): "set OPENAI_API_KEY"."""
+        default = inspect.signature(cls.__init__).parameters.get("api_key_env_var")
+        variable = default.default if default is not None else None
+        if isinstance(variable, str) and variable and not os.environ.get(variable):
+            return [f"set {variable}"]
+        return []
 
     def make_transport(self) -> Transport:
         """How requests travel; called once per process, on the first request."""

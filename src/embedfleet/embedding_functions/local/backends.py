@@ -38,6 +38,7 @@ from embedfleet.embedding_functions.local.onnx_export import (
 from embedfleet.embedding_functions.local.precision_guard import guarded_precision
 from embedfleet.embedding_functions.local.token_batches import tokenizer_lock
 from embedfleet.errors import ConfigError
+from embedfleet.timings import phase
 
 #: The model a function loads for a (resolved device, precision): the function knows
 #: the model's name and load arguments, the backend the device and precision.
@@ -92,7 +93,8 @@ class Backend(ABC):
 
     def set_num_threads(self, threads: int) -> None:
         """Pin torch's intra-op threads and the tokenizer's pool to ``threads`` cores."""
-        import torch
+        with phase("imports"):
+            import torch
 
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)

