@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from embedfleet import cli
+from embedfleet.cli_parser import build_parser
 from embedfleet.errors import ConfigError
 from embedfleet.job import JobSpec
 
@@ -392,7 +392,7 @@ def embedfleet_problems(args: tuple[str, ...] | list[str]) -> list[str]:
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            cli._parser().parse_args(list(args))
+            build_parser().parse_args(list(args))
     except SystemExit as exc:
         if exc.code:  # 0: --help / --version
             message = (stderr.getvalue().strip().splitlines() or [f"exit {exc.code}"])[-1]
@@ -402,7 +402,7 @@ def embedfleet_problems(args: tuple[str, ...] | list[str]) -> list[str]:
 
 def job_spec_problems(run: Run, tmp_path: Path) -> list[str]:
     """A job command's spec must exist where it runs, load, and fit the cluster's GPUs."""
-    arguments = cli._parser().parse_args(list(run.args))
+    arguments = build_parser().parse_args(list(run.args))
     if arguments.command not in ("run", "plan") or run.files is None:
         return []
     directory, _, name = arguments.spec.rpartition("/")

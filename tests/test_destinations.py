@@ -122,7 +122,7 @@ def test_keep_text_changes_the_fingerprint_only_when_set():
     kept = JobSpec.from_dict({"source": {"uri": "x"}, "output": {"uri": "y", "keep_text": True}})
     assert plain.fingerprint("hash", {}) != kept.fingerprint("hash", {})
     assert plain.fingerprint("hash", {}) == "68adf97dd2ca0709"  # as before keep_text existed
-    with pytest.raises(ConfigError, match=r"'text' with output\.keep_text"):
+    with pytest.raises(ConfigError, match=r"'text' holds the embedded text with output\.keep_text"):
         JobSpec.from_dict(
             {"source": {"uri": "x", "columns": ["text"]}, "output": {"uri": "y", "keep_text": True}}
         )

@@ -43,7 +43,7 @@ from embedfleet.job.retries import (
     ShardRetries,
     provider_failure,
 )
-from embedfleet.job.sources import Shard
+from embedfleet.job.shards import Piece, Shard
 from embedfleet.quota import (
     AdvertisedLimits,
     Pacer,
@@ -348,7 +348,7 @@ def test_the_shared_layer_finds_the_provider_error_under_the_fleets_and_rays_wra
 
 
 def test_a_failed_shard_is_tried_again_stopped_on_or_failed_by_its_error():
-    shard = Shard("s1", "memory://f.jsonl", "f.jsonl", "jsonl", "bytes", 0, 10, 10, 0)
+    shard = Shard.of("memory://", (Piece("f.jsonl", "jsonl", "bytes", 0, 10, 10),))
     result, retries = JobResult("run", "snapshots/run", complete=False), ShardRetries()
     storm = ProviderError("503 after 5 tries", status=503, retryable=True)
     assert [retries.verdict(shard, storm, result) for _ in range(SHARD_ATTEMPTS)] == [
@@ -494,14 +494,15 @@ def test_a_storm_shorter_than_max_retry_seconds_is_ridden_out(tmp_path):
 def test_a_storm_longer_than_max_retry_seconds_stops_the_job_resumably(tmp_path, capsys):
     from embedfleet.cli import EXIT_FAILED, main
 
+    # Shards of 5 requests, about 8 in flight: the first ones commit before the storm.
     server = RateLimitedServer(RPM, storm_after=60, storm_seconds=60)
     report = tmp_path / "report.json"
     try:
-        spec = job_spec(tmp_path, server, rows=200, shard_rows=20, max_retry_seconds=1.5)
+        spec = job_spec(tmp_path, server, rows=200, shard_rows=10, max_retry_seconds=1.5)
         assert main(["run", "--quiet", str(spec), "--report", str(report)]) == EXIT_FAILED
         stopped = json.loads(report.read_text())
         server.storm_window = None  # the provider is back
-        resumed = run_job(tmp_path, server, rows=200, shard_rows=20, max_retry_seconds=1.5)
+        resumed = run_job(tmp_path, server, rows=200, shard_rows=10, max_retry_seconds=1.5)
     finally:
         server.stop()
     assert not stopped["complete"] and not stopped["failed_shards"]

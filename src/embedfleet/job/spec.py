@@ -282,7 +282,11 @@ class JobSpec:
             self.chunking.check()
         taken = set(self.source.columns) & set(self.output_columns())
         if taken:
-            raise ConfigError(f"source.columns cannot include output columns {sorted(taken)}")
+            why = " ('text' holds the embedded text with output.keep_text)"
+            raise ConfigError(
+                f"source.columns cannot include output columns {sorted(taken)}"
+                + (why if "text" in taken else "")
+            )
         labels = [destination.label for destination in self.destination]
         for index, destination in enumerate(self.destination):
             destination.check(where=f"destination[{index}]")
