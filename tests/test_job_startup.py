@@ -47,6 +47,20 @@ def test_phases_read_as_one_line_with_details_under_their_phase():
     assert describe_phases(phases) == "lock 0.0, ray_init 3.9, fleet 4.8 (imports 2.9), plan 0.1 s"
 
 
+def small_job(tmp_path, rows: int = 5) -> Job:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"text {i}"}) + "\n" for i in range(rows)))
+    spec = JobSpec.from_dict(
+        {
+            "source": {"uri": str(data)},
+            "embedding": {"provider": "hash", "config": {"dimension": 8}},
+            "fleet": {"replicas": 2},
+            "output": {"uri": str(tmp_path / "out")},
+        }
+    )
+    return Job(spec)
+
+
 def test_only_the_shard_workers_a_run_uses_are_started(tmp_path, local_ray, monkeypatch):
     """One shard to embed: one worker warmed up, not 2 x replicas."""
     warmed = []
@@ -56,16 +70,31 @@ def test_only_the_shard_workers_a_run_uses_are_started(tmp_path, local_ray, monk
         "warm_workers",
         lambda self, count, cpus: (warmed.append(count), real(self, count, cpus)),
     )
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": f"text {i}"}) + "\n" for i in range(5)))
-    spec = JobSpec.from_dict(
-        {
-            "source": {"uri": str(data)},
-            "embedding": {"provider": "hash", "config": {"dimension": 8}},
-            "fleet": {"replicas": 2},
-            "output": {"uri": str(tmp_path / "out")},
-        }
-    )
-    result = Job(spec).run(progress=False)
+    result = small_job(tmp_path).run(progress=False)
     assert result.complete and warmed == [1]
     assert {"lock", "plan", "fleet", "metadata", "shard_workers"} <= set(result.startup_phases)
+
+
+@pytest.mark.parametrize(
+    ("spare", "order"), [(0.0, ["replicas up", "warm"]), (4.0, ["warm", "replicas up"])]
+)
+def test_shard_workers_start_beside_the_replicas_only_where_a_cpu_is_left(
+    tmp_path, local_ray, monkeypatch, spare, order
+):
+    """On a machine the replicas fill, the workers' imports would slow the replicas' own:
+    they start after the fleet is up; with a CPU to spare, while it loads."""
+    events = []
+    real_warm, real_replicas = Startup.warm_workers, Startup.add_replicas
+    monkeypatch.setattr("embedfleet.job.run.spare_cpus", lambda fleet: spare)
+    monkeypatch.setattr(
+        Startup,
+        "warm_workers",
+        lambda self, count, cpus: (events.append("warm"), real_warm(self, count, cpus)),
+    )
+    monkeypatch.setattr(
+        Startup,
+        "add_replicas",
+        lambda self, timed: (events.append("replicas up"), real_replicas(self, timed)),
+    )
+    assert small_job(tmp_path).run(progress=False).complete
+    assert events == order

@@ -81,8 +81,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
     started. ``resources``
     asks each replica for custom node resources (``{"gpu_node": 1}``), which pins
     replicas to the nodes started with them (``ray start --resources``). ``while_starting``
-    runs once the replicas are asked for, before waiting for them (a job starts its shard
-    workers there: Ray starts worker processes a few at a time, replicas' first).
+    is called with the fleet once its replicas are asked for, before waiting for them (a
+    job may start its shard workers there: Ray starts worker processes a few at a time,
+    replicas' first).
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         forward_env: list[str] | None = None,
         max_concurrency: int | None = None,
         resources: dict[str, float] | None = None,
-        while_starting: Callable[[], object] | None = None,
+        while_starting: Callable[[RemoteEmbeddingFunction], object] | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigError(
@@ -163,12 +164,12 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if not cluster_can_grow(ray):  # fail at once where waiting cannot help
             holders = partial(live_fleets.holders, exclude=self)
             placement.refuse_without_room(ray, self, holders, replaced, start_timeout)
-        self._start(ray, start_timeout, max_restarts, while_starting or (lambda: None))
+        self._start(ray, start_timeout, max_restarts, while_starting or (lambda fleet: None))
         self._finalizer = weakref.finalize(self, kill_actors, list(self._actors))
 
     # ------------------------------------------------------------------ start / stop
     def _start(
-        self, ray: Any, start_timeout: float, max_restarts: int, meanwhile: Callable[[], object]
+        self, ray: Any, start_timeout: float, max_restarts: int, meanwhile: Callable[[Any], object]
     ) -> None:
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
@@ -186,7 +187,7 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         threads = max(1, int(self.num_cpus)) if self.num_cpus >= 1 else None
         self._actors = [actor_class.remote(self._spec, threads) for _ in range(self.replicas)]
         probes = [actor.ready.remote() for actor in self._actors]
-        meanwhile()
+        meanwhile(self)
         _, waiting = ray.wait(probes, num_returns=len(probes), timeout=start_timeout)
         try:
             if waiting:

@@ -54,7 +54,7 @@ from embedfleet.job.run_state import RunState
 from embedfleet.job.schedule import RayExecutor, Scheduler, window_for
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
-from embedfleet.job.startup import Startup
+from embedfleet.job.startup import Startup, spare_cpus
 from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
 
@@ -214,14 +214,17 @@ class Job:
         return result
 
     def _start_fleet(self, run: RunState) -> RemoteEmbeddingFunction:
-        """Ray (local, or the configured cluster) and the job's fleet of replicas; the
-        shard tasks' worker processes start once the replicas are asked for, while they
-        load (``Startup.warm_workers``)."""
+        """Ray and the job's fleet; shard workers start beside it (a CPU to spare) or after."""
         from embedfleet.fleet import RemoteEmbeddingFunction
 
         fleet_spec, startup = self.spec.fleet, run.startup
         self._start_ray(run.signals, startup)
         workers = min(len(run.todo), 2 * fleet_spec.replicas)
+
+        def beside_replicas(fleet: RemoteEmbeddingFunction) -> None:
+            if spare_cpus(fleet) >= 1:  # else their imports slow the replicas' own
+                startup.warm_workers(workers, SHARD_TASK_CPUS)
+
         with startup.timed("fleet"):
             fleet = RemoteEmbeddingFunction(
                 self.function,
@@ -233,9 +236,11 @@ class Job:
                 resources=fleet_spec.resources,
                 start_timeout=fleet_spec.start_timeout,
                 name=f"job:{self.output.uri}",
-                while_starting=lambda: startup.warm_workers(workers, SHARD_TASK_CPUS),
+                while_starting=beside_replicas,
             )
         startup.add_replicas(fleet.replica_startup)
+        if not startup.warming:  # else started beside the replicas
+            startup.warm_workers(workers, SHARD_TASK_CPUS)
         return fleet
 
     def _start_ray(self, signals: StopOnSignal, startup: Startup) -> None:

@@ -4,8 +4,10 @@ Start-up is everything before the first shard embeds: the output's lock, the
 plan, Ray, the fleet (each replica's process, imports, model load, precision
 guard), the metadata read from a replica, and the shard tasks' worker processes.
 What can overlap does: Ray starts while a slow plan lists and samples the source,
-and the workers start while the fleet does (they reserve no CPU), only as many as
-will run at once. Each phase's seconds end up in ``JobResult.startup_phases``.
+and the workers start while the fleet does (they reserve no CPU) where a CPU is left
+beside the replicas (on a 2-CPU machine with two 1-CPU replicas their imports only
+slowed the replicas' own: 17 s of fleet against 11), only as many as will run at
+once. Each phase's seconds end up in ``JobResult.startup_phases``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ class Startup:
         self._warm_started = time.time()
         self._warming = [warm.remote() for _ in range(count)]
 
+    @property
+    def warming(self) -> bool:
+        """Whether shard workers were started and not yet waited for."""
+        return bool(self._warming)
+
     def workers_ready(self) -> None:
         """Wait for the warm-up tasks: ``shard_workers`` is how long they took from their
         start (alongside the fleet), ``shard_workers.after_fleet`` what was left after it."""
@@ -88,6 +95,14 @@ class Startup:
         self.phases["shard_workers"] = max(ran) - self._warm_started
         self.phases["shard_workers.after_fleet"] = time.perf_counter() - start
         self._warming = []
+
+
+def spare_cpus(fleet: Any) -> float:
+    """CPUs of the cluster that ``fleet``'s replicas do not reserve."""
+    import ray
+
+    held = fleet.reservation.replicas * fleet.reservation.num_cpus
+    return float(ray.cluster_resources().get("CPU", 0.0)) - held
 
 
 def describe_phases(phases: dict[str, float]) -> str:
