@@ -22,15 +22,8 @@ from tests.fakes.server import FakeServer, Fault
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
-@pytest.fixture
-def server():
-    server = FakeServer(tei.answer)
-    yield server
-    server.stop()
-
-
-def sent_texts(server: FakeServer) -> Counter[str]:
-    return Counter(text for request in server.requests for text in request.body["inputs"])
+server = pytest.fixture(tei.serving, name="server")
+sent_texts = tei.sent_texts
 
 
 def corpus(count: int) -> dict[str, str]:

@@ -24,20 +24,7 @@ from embedfleet.quota import (
     quota_key,
 )
 from embedfleet.quota.shared import RemoteLedger
-
-
-class FakeClock:
-    """Time that only moves when somebody sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
+from tests.fakes.clock import FakeClock
 
 
 def pacers(limits: RateLimits, count: int, clock: FakeClock) -> list[Pacer]:

@@ -56,20 +56,8 @@ from embedfleet.quota import (
 )
 from embedfleet.testing import RateLimitedServer
 from tests.fakes import openai_api, tei
+from tests.fakes.clock import FakeClock
 from tests.fakes.server import FakeServer, Fault
-
-
-class FakeClock:
-    """Time that only moves when somebody sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # ---------------------------------------------------------------------- the learner

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from embedfleet.testing import HashEmbeddingFunction
+from tests.fakes.server import FakeServer
 
 MAX_CLIENT_BATCH_SIZE = 32
 POISON_MESSAGE = "input is not allowed"
@@ -34,3 +37,15 @@ def answer(path: str, body: Any) -> tuple[int, Any]:
     if any(text == "POISON" for text in inputs):
         return 400, {"error": POISON_MESSAGE, "error_type": "Validation"}
     return 200, expected_vectors(inputs)
+
+
+def serving() -> Iterator[FakeServer]:
+    """A TEI server on 127.0.0.1 for one test (as a fixture: ``pytest.fixture(serving)``)."""
+    server = FakeServer(answer)
+    yield server
+    server.stop()
+
+
+def sent_texts(server: FakeServer) -> Counter[str]:
+    """How many times each text was sent to ``server``."""
+    return Counter(text for request in server.requests for text in request.body["inputs"])
