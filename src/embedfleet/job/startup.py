@@ -85,7 +85,8 @@ class Startup:
 
     def workers_ready(self) -> None:
         """Wait for the warm-up tasks: ``shard_workers`` is how long they took from their
-        start (alongside the fleet), ``shard_workers.after_fleet`` what was left after it."""
+        start (beside the fleet or after it), ``shard_workers.after_fleet`` what was left
+        once the fleet was up."""
         if not self._warming:
             return
         import ray
@@ -101,7 +102,7 @@ def spare_cpus(fleet: Any) -> float:
     """CPUs of the cluster that ``fleet``'s replicas do not reserve."""
     import ray
 
-    held = fleet.reservation.replicas * fleet.reservation.num_cpus
+    held = fleet.reservation.total().get("CPU", 0.0)
     return float(ray.cluster_resources().get("CPU", 0.0)) - held
 
 
