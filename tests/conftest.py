@@ -14,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # ONNX exports and precision guard results of the session, never in the user's own
 # cache; set before Ray starts so its workers share it.
 os.environ["EMBEDFLEET_CACHE_DIR"] = tempfile.mkdtemp(prefix="embedfleet-test-cache-")
+# Jobs whose spec leaves [fleet] mode unset run on Ray, as large jobs do (that is what
+# most job tests check); tests/test_job_in_process.py and the README's command remove
+# it and run small jobs the default way, in their own process.
+os.environ.setdefault("EMBEDFLEET_FLEET_MODE", "ray")
 
 from pathlib import Path
 

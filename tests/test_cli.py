@@ -214,6 +214,7 @@ def test_readme_first_command_embeds_the_sample_offline(repo_root, tmp_path):
         pytest.fail("make is required to run the README's commands")
     venv = os.path.dirname(os.path.dirname(sys.executable))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("EMBEDFLEET_FLEET_MODE")  # the user's default: 240 documents embed in-process
     result = subprocess.run(
         [
             "make",
@@ -234,6 +235,7 @@ def test_readme_first_command_embeds_the_sample_offline(repo_root, tmp_path):
     console = result.stdout + result.stderr  # what a person reads, with the real model
     for alarm in ("Token authentication", "Loading weights", "pid=", "\x1b["):
         assert alarm not in console, alarm
+    assert "embedded in    this process (a small job, about 240 rows to embed" in console
     table = embedfleet.read(str(tmp_path / "out")).to_table()
     with open(repo_root / "data/sample/docs.jsonl", encoding="utf-8") as handle:
         sample = [json.loads(line) for line in handle]

@@ -92,7 +92,12 @@ def run_benchmark(
             {
                 "source": {"uri": str(data)},
                 "embedding": {"provider": "default", "config": {"device": device}},
-                "fleet": {"replicas": replicas, "num_cpus": num_cpus, "num_gpus": num_gpus},
+                "fleet": {  # the fleet's path, whatever the corpus size
+                    "mode": "ray",
+                    "replicas": replicas,
+                    "num_cpus": num_cpus,
+                    "num_gpus": num_gpus,
+                },
                 "output": {"uri": f"{folder}/out", "rows_per_shard": max(500, docs // 8)},
             }
         )

@@ -186,6 +186,12 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
         help="same as --mode update (the default): embed only new and changed rows",
     )
     parser.add_argument("--rows-per-shard", type=int, help="override output.rows_per_shard")
+    parser.add_argument(
+        "--fleet-mode",
+        choices=("auto", "ray", "in_process"),
+        help="override fleet.mode: ray (a fleet of replicas), in_process (this process), auto "
+        "(the default: jobs of up to 5,000 rows to embed with a local model run in this process)",
+    )
     parser.add_argument("--replicas", type=int, help="override fleet.replicas")
     parser.add_argument("--num-cpus", type=float, help="override fleet.num_cpus")
     parser.add_argument("--num-gpus", type=float, help="override fleet.num_gpus")

@@ -20,6 +20,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger("embedfleet.fleet")
 
@@ -71,6 +73,33 @@ class StderrNotes(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
+
+
+@contextmanager
+def libraries_quiet() -> Iterator[None]:
+    """In the driver, while a job loads its model in this process (no replica to keep
+    its output): the model libraries' progress bars off and their loggers at WARNING,
+    each restored afterwards, so a notebook's own later use of them is unchanged."""
+    try:
+        import huggingface_hub.utils as hub
+    except ImportError:  # no local model library: nothing draws
+        hub = None
+    bars = hub is not None and not hub.are_progress_bars_disabled()
+    if bars:
+        hub.disable_progress_bars()  # transformers reads it when it is imported
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS[:-1]}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if bars:
+            hub.enable_progress_bars()
+            transformers_logging = sys.modules.get("transformers.utils.logging")
+            if transformers_logging is not None:
+                transformers_logging.enable_progress_bar()
 
 
 def keep_replica_output() -> StderrNotes:

@@ -96,6 +96,7 @@ class JobResult:
     startup_phases: dict[str, float] = field(default_factory=dict)
     finish_seconds: float = 0.0  # after the last shard: fleet stop, checks, manifest, prune
     placement: list[dict[str, Any]] = field(default_factory=list)  # node, pid, GPUs per replica
+    embedded_in: str = ""  # where the shards embedded, and why (:mod:`.in_process`)
     destinations: list[dict[str, Any]] = field(default_factory=list)  # each sync's summary
     # API providers: the limit paced to (configured or learned) and the 429s of this run
     quota: dict[str, Any] | None = None
@@ -168,6 +169,7 @@ class JobResult:
             ("rejected", rejected),
             *([("chunks", self.chunk_summary())] if self.chunked else []),
             ("shards", f"{self.shards} ({self.shards_skipped} already committed)"),
+            *([("embedded in", self.embedded_in)] if self.embedded_in else []),
             ("failed shards", len(self.failed_shards)),
             ("tokens", f"{self.tokens:,} this run (plan estimated {self.estimated_tokens:,})"),
             ("est. cost", format_cost(self.estimated_cost)),
@@ -257,3 +259,12 @@ def describe_quota(quota: dict[str, Any]) -> str:
     source = _QUOTA_SOURCES.get(quota.get("source", ""), quota.get("source", ""))
     paced = f"{', '.join(limits)} ({source})" if limits else source
     return f"{paced}; {quota['share_429']:.1%} of {quota['answers']:,} requests answered 429"
+
+
+def chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, int]:
+    """The manifest's chunk counts (the rows of the parts), beside its document counts."""
+    totals = {
+        kind: sum((marker.chunks or {}).get(kind, 0) for marker in markers)
+        for kind in ("rows", "embedded", "carried", "reused", "rejected")
+    }
+    return {**totals, "deleted": result.chunks_deleted}

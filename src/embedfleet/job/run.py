@@ -1,4 +1,5 @@
-"""``Job``: plan a run, then embed every shard not yet committed, on Ray.
+"""``Job``: plan a run, then embed every shard not yet committed, on Ray or, for a small
+job, in this process (:mod:`.in_process`).
 
 The driver only decides and schedules: it holds the output's lock, picks the
 snapshot, starts the fleet, and keeps a bounded window of shard tasks in flight
@@ -30,15 +31,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from embedfleet import pricing
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import ConfigError
 from embedfleet.job import incremental
 from embedfleet.job.embed_rows import chunker_for
 from embedfleet.job.exact import count_exactly
+from embedfleet.job.in_process import (
+    IN_PROCESS_WINDOW,
+    InProcessExecutor,
+    LockedBudget,
+    choose_mode,
+    where,
+)
 from embedfleet.job.plan import (
     JobPlan,
     choose_snapshot,
@@ -47,15 +52,15 @@ from embedfleet.job.plan import (
     still_committed,
 )
 from embedfleet.job.progress import ShardProgress
-from embedfleet.job.result import JobResult
+from embedfleet.job.result import JobResult, chunk_totals
 from embedfleet.job.retries import quota_stats
 from embedfleet.job.run_control import StopOnSignal, locked_run
 from embedfleet.job.run_state import RunState
-from embedfleet.job.schedule import RayExecutor, Scheduler, window_for
+from embedfleet.job.schedule import Executor, RayExecutor, Scheduler, window_for
 from embedfleet.job.shard_task import SHARD_TASK_CPUS, ShardContext, embed_shard
 from embedfleet.job.spec import JobSpec
 from embedfleet.job.startup import Startup, spare_cpus
-from embedfleet.job.store import OutputStore, ShardMarker, Snapshot, new_run_id, prune
+from embedfleet.job.store import OutputStore, ShardMarker, check_unique_ids, new_run_id, prune
 from embedfleet.output_format import embedding_metadata
 
 if TYPE_CHECKING:
@@ -213,11 +218,20 @@ class Job:
         result.finish_seconds = time.perf_counter() - embedded_at
         return result
 
-    def _start_fleet(self, run: RunState) -> RemoteEmbeddingFunction:
-        """Ray and the job's fleet; shard workers start beside it (a CPU to spare) or after."""
+    def _start_fleet(self, run: RunState) -> EmbeddingFunction:
+        """Where shards embed (``in_process.choose_mode``): this process, with the model
+        loaded now, or Ray and the job's fleet, with shard workers started beside it (a
+        CPU to spare) or after."""
+        fleet_spec, startup = self.spec.fleet, run.startup
+        rows = sum(shard.estimated_rows for shard in run.todo)
+        mode, reason = choose_mode(fleet_spec, self.function, rows)
+        run.result.embedded_in = where(mode, reason, fleet_spec)
+        if mode == "in_process":
+            run.in_process = True
+            startup.warm_in_process(self.function)
+            return self.function
         from embedfleet.fleet import RemoteEmbeddingFunction
 
-        fleet_spec, startup = self.spec.fleet, run.startup
         self._start_ray(run.signals, startup)
         workers = min(len(run.todo), 2 * fleet_spec.replicas)
 
@@ -252,7 +266,7 @@ class Job:
                 signals.install()  # ray.init sets its own SIGTERM handler
 
     def _metadata(
-        self, fleet: RemoteEmbeddingFunction | None, recorded: dict[str, Any] | None
+        self, fleet: EmbeddingFunction | None, recorded: dict[str, Any] | None
     ) -> dict[str, Any]:
         """What the vectors are recorded with: the function as a replica resolved it (the
         device, precision and quality guards of where it runs; the driver never loads the
@@ -276,24 +290,20 @@ class Job:
         }
 
     def _embed_shards(self, run: RunState) -> float:
-        """Keep a window of shard tasks in flight (``schedule.window_for``: ``2 x
-        replicas`` for shards of the default size, more for small ones) until every shard
-        is in, the budget refused one or a signal came; returns when the last shard was in."""
-        import ray
-
-        result, fleet = run.result, run.fleet
+        """Keep a window of shard tasks in flight (on Ray, ``schedule.window_for``: ``2 x
+        replicas`` for shards of the default size, more for small ones; in this process,
+        one embedding and one queued) until every shard is in, the budget refused one or
+        a signal came; returns when the last shard was in."""
+        result, fleet, limit = run.result, run.fleet, run.plan.token_limit
         assert fleet is not None
-        result.placement = list(fleet.placement)
-        fleet_spec = self.spec.fleet
-        rows = sum(shard.estimated_rows for shard in run.todo) / max(1, len(run.todo))
-        window = window_for(
-            fleet_spec.replicas, rows, fleet.batch_size, fleet_spec.max_pending_per_replica
-        )
         run.startup.workers_ready()
         result.startup_seconds = time.perf_counter() - run.started
-        task = ray.remote(num_cpus=SHARD_TASK_CPUS, max_retries=0)(embed_shard)
-        if run.plan.token_limit is not None:  # one ledger per run: shards reserve tokens in it
-            run.budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(run.plan.token_limit)
+        if run.in_process:
+            run.budget = LockedBudget(limit) if limit is not None else None
+        elif limit is not None:  # one ledger per run: shards reserve tokens in it
+            import ray
+
+            run.budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(limit)
         run.bar = ShardProgress(sum(shard.estimated_rows for shard in run.todo), run.progress)
         context = ShardContext(
             spec=self.spec,
@@ -304,10 +314,10 @@ class Job:
             budget=run.budget,
             base=run.base,
         )
-        context_ref = ray.put(context)  # one copy (the base index included), shared by tasks
         run.quota_before = quota_stats(self.function)
+        run.executor, window = self._executor(run, context)
         scheduler = Scheduler(
-            RayExecutor(task, context_ref),
+            run.executor,
             window,
             run.collect,
             halted=lambda: run.halted,
@@ -317,6 +327,17 @@ class Job:
         run.pending = scheduler.pending  # what release() cancels
         scheduler.run(run.todo)
         return time.perf_counter()  # the last shard is in; what follows is the finish
+
+    def _executor(self, run: RunState, context: ShardContext) -> tuple[Executor, int]:
+        """Where shard tasks run, and how many are kept in flight."""
+        if run.in_process:
+            return InProcessExecutor(embed_shard, context), IN_PROCESS_WINDOW
+        fleet, replicas = run.fleet, self.spec.fleet.replicas
+        run.result.placement = list(getattr(fleet, "placement", []))
+        rows = sum(shard.estimated_rows for shard in run.todo) / max(1, len(run.todo))
+        pending = self.spec.fleet.max_pending_per_replica
+        window = window_for(replicas, rows, getattr(fleet, "batch_size", 1), pending)
+        return RayExecutor.of(embed_shard, SHARD_TASK_CPUS, context), window
 
     def _finish(self, run: RunState) -> None:
         """Count what is left; when nothing is, make the snapshot complete: drop stale
@@ -338,7 +359,7 @@ class Job:
             return
         for path in snapshot.keep_only(set(valid)):
             logger.info("removed %s: its shard is no longer in the source as committed", path)
-        self._check_unique_ids(snapshot)
+        check_unique_ids(snapshot, self.spec.source.id_column)
         markers = list(valid.values())
         total_tokens = sum(marker.tokens for marker in markers)
         if run.base is not None:
@@ -364,7 +385,7 @@ class Job:
                 "tokens": total_tokens,
                 "estimated_cost": plan.price.cost(total_tokens),
                 "price": plan.price.to_dict(),
-                **({"chunks": _chunk_totals(markers, result)} if self.spec.chunking else {}),
+                **({"chunks": chunk_totals(markers, result)} if self.spec.chunking else {}),
                 "quota": result.quota,
             }
         )
@@ -372,29 +393,3 @@ class Job:
         from embedfleet.destinations.records import pinned_snapshots
 
         prune(self.output, self.spec.output.keep_snapshots, pinned_snapshots(self.output))
-
-    def _check_unique_ids(self, snapshot: Snapshot) -> None:
-        """Ids from different shards must not collide (within a shard, reading checks)."""
-        if self.spec.source.id_column is None:
-            return  # derived ids are unique by construction
-        import pyarrow.dataset as ds
-
-        snapshot.output.refresh()
-        dataset = ds.dataset(snapshot.root, format="parquet", filesystem=snapshot.fs)
-        ids = dataset.to_table(columns=["id"])["id"]
-        counts = pa.compute.value_counts(ids)
-        duplicates = [item["values"] for item in counts.to_pylist() if item["counts"] > 1]
-        if duplicates:
-            raise ConfigError(
-                f"id column {self.spec.source.id_column!r} has duplicate values across "
-                f"files: {sorted(map(str, duplicates))[:10]}"
-            )
-
-
-def _chunk_totals(markers: list[ShardMarker], result: JobResult) -> dict[str, int]:
-    """The manifest's chunk counts (the rows of the parts), beside its document counts."""
-    totals = {
-        kind: sum((marker.chunks or {}).get(kind, 0) for marker in markers)
-        for kind in ("rows", "embedded", "carried", "reused", "rejected")
-    }
-    return {**totals, "deleted": result.chunks_deleted}

@@ -1,4 +1,5 @@
-"""One run's state, from its plan to its finish, and the one place it lets go of Ray.
+"""One run's state, from its plan to its finish, and the one place it lets go of Ray
+(or, in this process, of the shard thread).
 
 ``Job.run`` (``run.py``) makes one :class:`RunState` per run: the steps share it, the
 scheduler reports each finished shard to ``collect``, and ``release`` cancels the shard
@@ -12,21 +13,20 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.job import incremental
 from embedfleet.job.plan import JobPlan
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult, failure_kind
 from embedfleet.job.retries import AGAIN, FAILED, ShardRetries
 from embedfleet.job.run_control import StopOnSignal
+from embedfleet.job.schedule import Executor
 from embedfleet.job.shard_task import OverBudget
 from embedfleet.job.shards import Shard
 from embedfleet.job.startup import Startup
 from embedfleet.job.store import ShardMarker, Snapshot
-
-if TYPE_CHECKING:
-    from embedfleet.fleet import RemoteEmbeddingFunction
 
 logger = logging.getLogger("embedfleet.job.run")
 
@@ -46,8 +46,10 @@ class RunState:
     started: float  # perf_counter() when run() was called
     startup: Startup  # where start-up goes; the shard workers it starts
     metadata: dict[str, Any] = field(default_factory=dict)  # recorded with the vectors
-    fleet: RemoteEmbeddingFunction | None = None  # started when a shard is left to embed
-    budget: Any = None  # the TokenBudget actor, with a token limit
+    fleet: EmbeddingFunction | None = None  # started when a shard is left to embed
+    in_process: bool = False  # ``fleet`` is the job's own function, in this process
+    executor: Executor | None = None  # where the shard tasks run
+    budget: Any = None  # the TokenBudget actor (in this process: a LockedBudget)
     base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
     bar: ShardProgress | None = None
     pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
@@ -103,14 +105,11 @@ class RunState:
     def release(self) -> None:
         """Cancel the shard tasks in flight, stop the fleet and the budget actor, close
         the bar: after the last shard, and however the run ends."""
-        if self.pending:
-            import ray
-
-            for ref in self.pending:
-                ray.cancel(ref, force=True)
-        if self.fleet is not None:
-            self.fleet.shutdown()
-        if self.budget is not None:
+        if self.executor is not None:
+            self.executor.cancel(list(self.pending))
+        if self.fleet is not None and not self.in_process:  # a Ray fleet
+            self.fleet.shutdown()  # type: ignore[attr-defined]
+        if self.budget is not None and not self.in_process:  # the Ray actor
             import ray
 
             ray.kill(self.budget)

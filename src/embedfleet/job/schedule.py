@@ -65,6 +65,10 @@ class Executor(Protocol):
         """The task's answer, or raises its error."""
         ...
 
+    def cancel(self, handles: list[Any]) -> None:
+        """Stop the tasks ``handles`` (the run is ending)."""
+        ...
+
 
 #: Told of each finished shard; returns the shard to run again later, or None.
 Done = Callable[[Shard, Any, BaseException | None], Shard | None]
@@ -132,6 +136,15 @@ class RayExecutor:
         self.task = task
         self.args = args
 
+    @classmethod
+    def of(cls, function: Callable[..., Any], num_cpus: float, *args: Any) -> RayExecutor:
+        """``function(shard, *args)`` as Ray tasks of ``num_cpus``, never retried by Ray
+        (:mod:`.retries` decides); each argument put in the object store once, shared."""
+        import ray
+
+        task = ray.remote(num_cpus=num_cpus, max_retries=0)(function)
+        return cls(task, *(ray.put(arg) for arg in args))
+
     def submit(self, shard: Shard) -> Any:
         return self.task.remote(shard, *self.args)
 
@@ -148,3 +161,10 @@ class RayExecutor:
         import ray
 
         return ray.get(handle)
+
+    def cancel(self, handles: list[Any]) -> None:
+        """Cancel the tasks in flight (a signal, an error)."""
+        import ray
+
+        for ref in handles:
+            ray.cancel(ref, force=True)

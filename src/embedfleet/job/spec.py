@@ -6,8 +6,8 @@ The TOML shape is the contract users and scripts rely on::
                   storage_options
                   (on_empty: the old name of on_bad_record, still read)
     [embedding]   provider, [embedding.config]
-    [fleet]       replicas, num_cpus, num_gpus, address, max_pending_per_replica, batch_size,
-                  resources, start_timeout
+    [fleet]       mode, replicas, num_cpus, num_gpus, address, max_pending_per_replica,
+                  batch_size, resources, start_timeout
     [output]      uri, rows_per_shard, mode, keep_snapshots, keep_text, storage_options
     [budget]      max_tokens, max_cost, price_per_million_tokens   (all optional)
     [[destination]]  kind, collection / table, ... (zero or more; see
@@ -150,8 +150,16 @@ class EmbeddingSpec:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``[fleet] mode``: see :mod:`embedfleet.job.in_process`
+FLEET_MODES = ("auto", "ray", "in_process")
+
+
 @dataclass
 class FleetSpec:
+    #: where shards embed: "ray" (a fleet of replicas), "in_process" (this process, no
+    #: Ray), "auto" (unset: ``$EMBEDFLEET_FLEET_MODE``, else small jobs in this process;
+    #: :mod:`embedfleet.job.in_process`)
+    mode: str | None = None
     replicas: int = 1
     num_cpus: float | None = None
     num_gpus: float = 0
@@ -166,6 +174,8 @@ class FleetSpec:
             raise ConfigError(f"fleet.replicas must be at least 1, got {self.replicas}")
         if self.start_timeout <= 0:
             raise ConfigError(f"fleet.start_timeout must be positive, got {self.start_timeout}")
+        if self.mode not in (None, *FLEET_MODES):
+            raise ConfigError(f"fleet.mode must be one of {FLEET_MODES}, got {self.mode!r}")
 
 
 @dataclass

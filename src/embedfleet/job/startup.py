@@ -19,6 +19,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from embedfleet import timings
+
 T = TypeVar("T")
 
 #: Seconds a plan may take before Ray starts beside it (see ``Startup.plan_beside_ray``).
@@ -61,6 +63,18 @@ class Startup:
             except FutureTimeout:
                 start_ray()
                 return planned.result()
+
+    def warm_in_process(self, function: Any) -> None:
+        """Load ``function``'s model in this process (no fleet): ``fleet`` with its
+        ``fleet.<phase>`` details, as a replica times them."""
+        from embedfleet.fleet.worker_output import libraries_quiet
+
+        before = timings.snapshot()
+        with self.timed("fleet"), libraries_quiet():
+            function.warm_up()
+        after = timings.snapshot()
+        for phase in REPLICA_PHASES[1:]:
+            self.phases[f"fleet.{phase}"] = after.get(phase, 0.0) - before.get(phase, 0.0)
 
     def add_replicas(self, replica_startup: list[dict[str, float]]) -> None:
         """The slowest replica's own phases, as ``fleet.<phase>`` (inside ``fleet``)."""

@@ -339,3 +339,21 @@ def _lock_is_stale(lock: OutputLock) -> bool:
 
 def _format_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_unique_ids(snapshot: Snapshot, id_column: str | None) -> None:
+    """Ids from different shards must not collide (within a shard, reading checks)."""
+    if id_column is None:
+        return  # derived ids are unique by construction
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    snapshot.output.refresh()
+    dataset = ds.dataset(snapshot.root, format="parquet", filesystem=snapshot.fs)
+    counts = pc.value_counts(dataset.to_table(columns=["id"])["id"])
+    duplicates = [item["values"] for item in counts.to_pylist() if item["counts"] > 1]
+    if duplicates:
+        raise ConfigError(
+            f"id column {id_column!r} has duplicate values across "
+            f"files: {sorted(map(str, duplicates))[:10]}"
+        )

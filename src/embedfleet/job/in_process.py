@@ -1,0 +1,116 @@
+"""Small jobs embed in this process: no Ray, no fleet to start.
+
+Starting Ray and a fleet costs seconds a small job never earns back: on the
+2-core development machine Ray's local instance took 7 s to start, each replica
+process imported torch and sentence-transformers again (10 s with two at once),
+and the shard tasks' worker processes 4 s more, while the quickstart's 240
+documents embed in about 5 s in fp32 (docs/benchmarks.md). So ``[fleet] mode``
+chooses where shards embed:
+
+* ``"ray"``: a fleet of ``replicas`` Ray actors, shards as Ray tasks (``run.py``);
+* ``"in_process"``: the job's own function in this process, one shard at a time on
+  one worker thread (the model uses the machine's cores), through the same shard
+  task (read, embed, commit), the same scheduler loop, budget and retries; the output
+  is the same snapshot, vectors and manifest;
+* ``"auto"`` (the default, when the key is unset): ``$EMBEDFLEET_FLEET_MODE`` where
+  set, else ``in_process`` when the run has at most :data:`IN_PROCESS_MAX_ROWS` rows
+  to embed and nothing asks for Ray: no ``address`` (or ``RAY_ADDRESS``), no GPUs,
+  and not an API provider (its fleet's replicas send requests at once, under one
+  quota).
+
+What a run chose, and why, is in its summary (``embedded in``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Hashable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from embedfleet.embedding_functions.base import EmbeddingFunction
+from embedfleet.errors import ConfigError
+from embedfleet.job.shards import Shard
+from embedfleet.job.spec import FLEET_MODES, FleetSpec
+
+#: Rows to embed up to which ``auto`` embeds in this process.
+IN_PROCESS_MAX_ROWS = 5_000
+#: Shard tasks in flight: one embedding, the next queued behind it.
+IN_PROCESS_WINDOW = 2
+#: Overrides ``auto`` for specs that leave ``[fleet] mode`` unset (cron, CI).
+MODE_VARIABLE = "EMBEDFLEET_FLEET_MODE"
+
+
+def choose_mode(fleet: FleetSpec, function: EmbeddingFunction, rows: int) -> tuple[str, str]:
+    """Where this run's shards embed, ``"ray"`` or ``"in_process"``, and why (for the
+    summary); ``rows`` is the estimated rows left to embed."""
+    mode = fleet.mode or "auto"
+    source = "[fleet] mode"
+    if fleet.mode is None and os.environ.get(MODE_VARIABLE):
+        mode, source = os.environ[MODE_VARIABLE], f"${MODE_VARIABLE}"
+        if mode not in FLEET_MODES:
+            raise ConfigError(f"{MODE_VARIABLE} must be one of {FLEET_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode, f"{source} = {mode!r}"
+    if fleet.address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray cluster is configured"
+    if fleet.num_gpus:
+        return "ray", "the fleet asks for GPUs"
+    if function.bills_per_token:
+        return "ray", "an API provider: its replicas send requests at once, under one quota"
+    if rows > IN_PROCESS_MAX_ROWS:
+        return "ray", f"about {rows:,} rows to embed, over {IN_PROCESS_MAX_ROWS:,}"
+    return "in_process", (
+        f'a small job, about {rows:,} rows to embed; [fleet] mode = "ray" starts a fleet'
+    )
+
+
+def where(mode: str, reason: str, fleet: FleetSpec) -> str:
+    """The summary's ``embedded in`` line."""
+    if mode == "in_process":
+        return f"this process ({reason})"
+    return f"{fleet.replicas} Ray replica{'s' * (fleet.replicas != 1)} ({reason})"
+
+
+class InProcessExecutor:
+    """Shard tasks on one worker thread of this process (the scheduler's
+    :class:`~embedfleet.job.schedule.Executor`): the driver's thread stays free for
+    signals and progress while a shard embeds."""
+
+    def __init__(self, task: Any, *args: Any) -> None:
+        self.task = task
+        self.args = args
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedfleet-shard")
+
+    def submit(self, shard: Shard) -> Hashable:
+        return self._pool.submit(self.task, shard, *self.args)
+
+    def wait(self, handles: list[Any], at_least: int, timeout: float) -> list[Any]:
+        wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)  # one runs at a time
+        return [handle for handle in handles if handle.done()]
+
+    def result(self, handle: Future[Any]) -> Any:
+        return handle.result()
+
+    def cancel(self, handles: list[Any]) -> None:
+        """Drop the shards not started; the one embedding finishes and commits (it
+        holds no lock of its own: the run's output lock is held until this returns)."""
+        for handle in handles:
+            handle.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class LockedBudget:
+    """The run's token budget in this process (:class:`~embedfleet.pricing.TokenBudget`
+    behind a lock), with the Ray actor's ``reserve`` spelled as a call."""
+
+    def __init__(self, limit: int | None) -> None:
+        from embedfleet.pricing import TokenBudget
+
+        self._budget = TokenBudget(limit)
+        self._lock = threading.Lock()
+
+    def reserve(self, tokens: int) -> bool:
+        with self._lock:
+            return self._budget.reserve(tokens)
