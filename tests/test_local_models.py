@@ -15,7 +15,7 @@ from embedfleet.embedding_functions import (
     InstructorEmbeddingFunction,
     SentenceTransformerEmbeddingFunction,
 )
-from embedfleet.embedding_functions.local import model_inputs
+from embedfleet.embedding_functions.local import lean_model, model_inputs
 from embedfleet.embedding_functions.local import models as local_models
 from embedfleet.errors import (
     ConfigError,
@@ -25,6 +25,16 @@ from embedfleet.errors import (
 )
 
 LONG_TEXT = " ".join(["word"] * 100)  # over the tiny model's 64-token limit
+
+
+def sentence_transformers_own(ef: SentenceTransformerEmbeddingFunction):
+    """``ef``'s model loaded through sentence-transformers (the reference ``encode``),
+    whether or not ``ef`` itself loaded it without (``lean_model.py``)."""
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv(lean_model.FORCE_VARIABLE, "1")
+        model = local_models.load_uncached(ef._model_spec())
+    assert type(model).__name__ == "SentenceTransformer"
+    return model
 
 
 def tiny(model_dir, **kwargs) -> SentenceTransformerEmbeddingFunction:
@@ -270,7 +280,9 @@ def test_pipelined_batches_match_encode_one_text_at_a_time(tiny_model_dir, make)
     prompt = ef._prompt_text(query=False) or None
     single = np.stack(
         [
-            ef.model.encode([text], prompt=prompt, normalize_embeddings=ef.normalize_embeddings)[0]
+            sentence_transformers_own(ef).encode(
+                [text], prompt=prompt, normalize_embeddings=ef.normalize_embeddings
+            )[0]
             for text in texts
         ]
     )  # sentence-transformers' own encode, one text at a time
@@ -302,7 +314,9 @@ def test_each_text_is_tokenized_once_per_call(tiny_model_dir, monkeypatch, query
     vectors = np.stack(embed(texts))
     assert counter.texts == len(texts) - 1  # unique texts, once each: counted and batched
     assert ef.stats.truncated == 1
-    reference = ef.model.encode(texts, batch_size=7, prompt="query: " if query else None)
+    reference = sentence_transformers_own(ef).encode(
+        texts, batch_size=7, prompt="query: " if query else None
+    )
     np.testing.assert_allclose(vectors, reference, rtol=1e-5, atol=1e-6)
 
 
@@ -315,7 +329,7 @@ def test_without_a_token_layout_batches_use_the_models_preprocess(tiny_model_dir
     vectors = np.stack(ef(texts))
     assert ef._token_path == {"passage: ": None}
     assert counter.texts >= 2 * len(texts)  # counted, then tokenized again per batch
-    reference = ef.model.encode(texts, prompt="passage: ")
+    reference = sentence_transformers_own(ef).encode(texts, prompt="passage: ")
     np.testing.assert_allclose(vectors, reference, rtol=1e-5, atol=1e-6)
 
 
@@ -324,7 +338,9 @@ def test_a_model_without_a_real_token_limit_still_embeds(tiny_model_dir):
     to build a text past it."""
     ef = tiny(tiny_model_dir, max_seq_length=10**30)
     texts = ["a short text", "another, somewhat longer text"]
-    np.testing.assert_allclose(np.stack(ef(texts)), ef.model.encode(texts), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(ef(texts)), sentence_transformers_own(ef).encode(texts), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatch):
@@ -343,7 +359,9 @@ def test_a_call_keeps_each_texts_ids_cut_to_the_limit(tiny_model_dir, monkeypatc
     vectors = np.stack(ef(texts))
     assert ef.stats.truncated == 1 and ef.stats.tokens == sum(ef.token_lengths(texts[::2])) + 64
     assert 64 <= kept[0] <= 64 + 2 * 16  # the book's first 64 ids, plus the short texts'
-    np.testing.assert_allclose(vectors, ef.model.encode(texts), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        vectors, sentence_transformers_own(ef).encode(texts), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_call_keeps_no_token_ids_on_the_function(tiny_model_dir):

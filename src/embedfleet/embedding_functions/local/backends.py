@@ -142,15 +142,19 @@ class TorchBackend(Backend):
 
     def run(self, features: dict[str, Any]) -> np.ndarray:
         import torch
-        from sentence_transformers.util import batch_to_device
 
         model = load_model(self.model_spec())
+        device = model.device
         tensors = {
-            key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            key: (torch.from_numpy(value) if isinstance(value, np.ndarray) else value)
             for key, value in features.items()
         }
+        tensors = {
+            key: value.to(device) if isinstance(value, torch.Tensor) else value
+            for key, value in tensors.items()
+        }
         with torch.inference_mode():
-            output = model(batch_to_device(tensors, model.device))
+            output = model(tensors)
             return output["sentence_embedding"].float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:

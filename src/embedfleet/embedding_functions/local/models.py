@@ -262,7 +262,19 @@ def cached_model_count() -> int:
 
 
 def load_uncached(spec: ModelSpec) -> SentenceTransformer:
-    """A new model object for ``spec``, not kept in the process cache."""
+    """A new model object for ``spec``, not kept in the process cache: a plain model
+    (:mod:`.lean_model`) without importing sentence-transformers, any other through it."""
+    from embedfleet.embedding_functions.local import lean_model
+
+    layout = lean_model.plain_layout(spec)
+    if layout is not None:
+        with phase("imports"):
+            import torch
+            import transformers  # noqa: F401 - its import, timed apart from the load
+        with phase("model_load"):
+            dtype = getattr(torch, _TORCH_DTYPES[spec.precision])
+            lean = lean_model.load(layout, spec.device, dtype)
+            return _finish(lean, spec)  # type: ignore[arg-type]
     with phase("imports"):
         st = require_sentence_transformers()
         import torch

@@ -145,7 +145,8 @@ def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
     files = _model_files(spec)
     if files is None:
         return None
-    import sentence_transformers
+    from importlib.metadata import version
+
     import torch
     import transformers
 
@@ -158,7 +159,7 @@ def _result_path(spec: ModelSpec, reduced: str) -> Path | None:
         "versions": [
             torch.__version__,
             transformers.__version__,
-            sentence_transformers.__version__,
+            version("sentence-transformers"),  # read without importing it
         ],
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]

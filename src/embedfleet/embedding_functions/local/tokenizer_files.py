@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from embedfleet.embedding_functions.local.model_files import read_json
 from embedfleet.embedding_functions.local.models import ResolvedSource, hub_snapshot
 from embedfleet.embedding_functions.token_counter import TokenCounter
 
@@ -65,7 +66,7 @@ def read(function: LocalFunction) -> TokenCounter | None:
     limit = function.max_seq_length or _limit(module)
     if limit is None:
         return None
-    prefix = _prompt(function, _json(folder / "config_sentence_transformers.json"))
+    prefix = _prompt(function, read_json(folder / "config_sentence_transformers.json"))
     tokenizer = _tokenizer(tokenizer_file)
 
     def count(texts: Sequence[str]) -> list[int]:
@@ -73,14 +74,6 @@ def read(function: LocalFunction) -> TokenCounter | None:
         return [len(item.ids) for item in encoded]
 
     return TokenCounter.of(count, limit, f"{function.model_name}'s tokenizer")
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _transformer_path(folder: Path) -> str:
@@ -93,9 +86,9 @@ def _transformer_path(folder: Path) -> str:
 
 
 def _limit(module: Path) -> int | None:
-    recorded = _json(module / "sentence_bert_config.json").get("max_seq_length")
+    recorded = read_json(module / "sentence_bert_config.json").get("max_seq_length")
     if recorded is None:
-        recorded = _json(module / "tokenizer_config.json").get("model_max_length")
+        recorded = read_json(module / "tokenizer_config.json").get("model_max_length")
     if isinstance(recorded, int | float) and 0 < recorded < _SANE_LIMIT:
         return int(recorded)
     return None
