@@ -10,14 +10,13 @@ import argparse
 import gc
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import fsspec
 
-from embedfleet import cli_sync, embedding_functions
+from embedfleet import cli_sync, embedding_functions, timings
 from embedfleet.cli_parser import build_parser
 from embedfleet.errors import ConfigError, EmbedfleetError, InvalidInputError, LockedError
 from embedfleet.job import Job, JobSpec
@@ -86,7 +85,7 @@ def _load_job(arguments: argparse.Namespace) -> Job:
 
 def _run(arguments: argparse.Namespace) -> int:
     job = _load_job(arguments)
-    command = _process_age()  # interpreter start, imports, the spec: before run()
+    command = timings.process_age()  # interpreter start, imports, the spec: before run()
     result = job.run(progress=not arguments.quiet)
     if command is not None:
         result.startup_phases = {"command": command, **result.startup_phases}
@@ -185,15 +184,6 @@ def _bench(arguments: argparse.Namespace) -> int:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
     return EXIT_OK
-
-
-def _process_age() -> float | None:
-    """Seconds since this process started (None without psutil)."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def _print_table(rows: list[tuple[str, object]]) -> None:
