@@ -101,7 +101,7 @@ def test_a_small_job_embeds_here_and_writes_what_a_fleet_writes(tmp_path):
     assert "ray_init" not in here.startup_phases and here.placement == []
     assert {"fleet", "fleet.imports", "fleet.model_load"} <= set(here.startup_phases)
     fleet = Job(make_spec(tmp_path, source, "fleet", mode="ray")).run(progress=False)
-    assert fleet.embedded_in.startswith("2 Ray replicas ([fleet] mode = 'ray')")
+    assert fleet.embedded_in.startswith('2 Ray replicas ([fleet] mode = "ray")')
     assert "ray_init" in fleet.startup_phases and len(fleet.placement) == 2
 
     for result in (here, fleet):

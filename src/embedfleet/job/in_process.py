@@ -52,7 +52,7 @@ def choose_mode(fleet: FleetSpec, function: EmbeddingFunction, rows: int) -> tup
         if mode not in FLEET_MODES:
             raise ConfigError(f"{MODE_VARIABLE} must be one of {FLEET_MODES}, got {mode!r}")
     if mode != "auto":
-        return mode, f"{source} = {mode!r}"
+        return mode, f'{source} = "{mode}"'
     if fleet.address or os.environ.get("RAY_ADDRESS"):
         return "ray", "a Ray cluster is configured"
     if fleet.num_gpus:
