@@ -186,3 +186,15 @@ def test_plan_says_where_a_run_would_embed(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["embeds_in"].startswith("this process")
     assert main(["plan", str(spec), "--fleet-mode", "ray", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embeds_in"].startswith("1 Ray replica (")
+
+
+@pytest.mark.usefixtures("default_mode")
+def test_a_run_told_to_embed_here_never_starts_ray_even_beside_a_slow_plan(tmp_path, monkeypatch):
+    from embedfleet.fleet import ray_start
+    from embedfleet.job import startup
+
+    monkeypatch.setattr(startup, "PLAN_PATIENCE", 0.0)  # every plan is "slow"
+    monkeypatch.setattr(ray_start, "ensure_ray", lambda *a, **k: pytest.fail("Ray started"))
+    source = write_source(tmp_path / "docs.jsonl", 20)
+    result = Job(make_spec(tmp_path, source, "out", mode="in_process")).run(progress=False)
+    assert result.complete and "ray_init" not in result.startup_phases

@@ -42,15 +42,21 @@ IN_PROCESS_WINDOW = 2
 MODE_VARIABLE = "EMBEDFLEET_FLEET_MODE"
 
 
+def configured_mode(fleet: FleetSpec) -> tuple[str, str]:
+    """The mode the spec or ``$EMBEDFLEET_FLEET_MODE`` names ("auto" when neither), and
+    which of them named it."""
+    if fleet.mode is None and os.environ.get(MODE_VARIABLE):
+        mode = os.environ[MODE_VARIABLE]
+        if mode not in FLEET_MODES:
+            raise ConfigError(f"{MODE_VARIABLE} must be one of {FLEET_MODES}, got {mode!r}")
+        return mode, f"${MODE_VARIABLE}"
+    return fleet.mode or "auto", "[fleet] mode"
+
+
 def choose_mode(fleet: FleetSpec, function: EmbeddingFunction, rows: int) -> tuple[str, str]:
     """Where this run's shards embed, ``"ray"`` or ``"in_process"``, and why (for the
     summary); ``rows`` is the estimated rows left to embed."""
-    mode = fleet.mode or "auto"
-    source = "[fleet] mode"
-    if fleet.mode is None and os.environ.get(MODE_VARIABLE):
-        mode, source = os.environ[MODE_VARIABLE], f"${MODE_VARIABLE}"
-        if mode not in FLEET_MODES:
-            raise ConfigError(f"{MODE_VARIABLE} must be one of {FLEET_MODES}, got {mode!r}")
+    mode, source = configured_mode(fleet)
     if mode != "auto":
         return mode, f'{source} = "{mode}"'
     if fleet.address or os.environ.get("RAY_ADDRESS"):

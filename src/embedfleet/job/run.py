@@ -42,6 +42,7 @@ from embedfleet.job.in_process import (
     InProcessExecutor,
     LockedBudget,
     choose_mode,
+    configured_mode,
     where,
 )
 from embedfleet.job.plan import (
@@ -174,7 +175,9 @@ class Job:
         started: float,
     ) -> JobResult:
         startup = Startup()
-        plan = startup.plan_beside_ray(self.plan, lambda: self._start_ray(signals, startup))
+        here = configured_mode(self.spec.fleet)[0] == "in_process"  # no Ray, even beside
+        start_ray = (lambda: None) if here else (lambda: self._start_ray(signals, startup))
+        plan = startup.plan_beside_ray(self.plan, start_ray)
         if plan.up_to_date and plan.base is not None:
             logger.info("%s", plan.note)
             unchanged = JobResult.unchanged(plan.base, len(plan.shards))
