@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,42 @@ def test_a_run_told_to_embed_here_never_starts_ray_even_beside_a_slow_plan(tmp_p
     source = write_source(tmp_path / "docs.jsonl", 20)
     result = Job(make_spec(tmp_path, source, "out", mode="in_process")).run(progress=False)
     assert result.complete and "ray_init" not in result.startup_phases
+
+
+@pytest.mark.usefixtures("default_mode")
+def test_a_signal_ends_the_shard_in_hand_between_slices_uncommitted(tmp_path, monkeypatch):
+    """Ctrl-C waits for one slice of texts, not for a whole shard: the shard is left
+    uncommitted and the re-run embeds it."""
+    from embedfleet.job import in_process
+    from embedfleet.job.run_control import StopOnSignal
+
+    monkeypatch.setattr(in_process, "STOP_SLICE", 8)
+    calls: list[int] = []
+    embed_batch = HashEmbeddingFunction.embed_batch
+    handled = threading.Event()
+    handle = StopOnSignal._handle
+
+    def handle_and_tell(self, signum, frame):
+        handle(self, signum, frame)
+        handled.set()
+
+    def signalling(self, texts, *, query=False):
+        calls.append(len(texts))
+        if len(calls) == 1:  # Ctrl-C while the first slice embeds, as a slow model would
+            os.kill(os.getpid(), signal.SIGINT)
+            assert handled.wait(timeout=30), "the driver never handled the signal"
+        return embed_batch(self, texts, query=query)
+
+    monkeypatch.setattr(StopOnSignal, "_handle", handle_and_tell)
+
+    monkeypatch.setattr(HashEmbeddingFunction, "embed_batch", signalling)
+    source = write_source(tmp_path / "docs.jsonl", 40)
+    spec = make_spec(tmp_path, source, "out")
+    spec.output.rows_per_shard = 1000  # one shard of 40 rows: 5 slices
+    with pytest.raises(KeyboardInterrupt):
+        Job(spec).run(progress=False)
+    assert sum(calls) <= 8  # nothing embedded after the slice in hand
+    assert not list((tmp_path / "out").glob("snapshots/*/_commits/*.json"))
+    monkeypatch.setattr(HashEmbeddingFunction, "embed_batch", embed_batch)
+    again = Job(spec).run(progress=False)
+    assert again.complete and (again.resumed, again.embedded) == (0, 40)

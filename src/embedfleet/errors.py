@@ -62,6 +62,7 @@ __all__ = [
     "QualityGuardError",
     "RateLimitError",
     "RegistryError",
+    "RunStoppedError",
     "SourceReadError",
     "TextTooLongError",
     "UnknownProviderError",
@@ -125,6 +126,11 @@ class EmbeddingOutputError(EmbedfleetError):
 
 class LockedError(EmbedfleetError):
     """Another run holds the lease on a job's output."""
+
+
+class RunStoppedError(EmbedfleetError):
+    """A run was asked to stop (SIGINT, SIGTERM) while a shard embedded in its own process:
+    the shard ends between two slices of its texts, uncommitted, and a re-run embeds it."""
 
 
 class SourceReadError(EmbedfleetError):

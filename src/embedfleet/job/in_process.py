@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from embedfleet.embedding_functions.base import EmbeddingFunction
-from embedfleet.errors import ConfigError
+from embedfleet.errors import ConfigError, RunStoppedError
 from embedfleet.job.shards import Shard
 from embedfleet.job.spec import FLEET_MODES, FleetSpec
 
@@ -38,6 +38,8 @@ from embedfleet.job.spec import FLEET_MODES, FleetSpec
 IN_PROCESS_MAX_ROWS = 5_000
 #: Shard tasks in flight: one embedding, the next queued behind it.
 IN_PROCESS_WINDOW = 2
+#: Texts per call of the function: a stop (a signal) ends a shard between two calls.
+STOP_SLICE = 256
 #: Overrides ``auto`` for specs that leave ``[fleet] mode`` unset (cron, CI).
 MODE_VARIABLE = "EMBEDFLEET_FLEET_MODE"
 
@@ -120,3 +122,26 @@ class LockedBudget:
     def reserve(self, tokens: int) -> bool:
         with self._lock:
             return self._budget.reserve(tokens)
+
+
+class StoppableFunction:
+    """The job's function as in-process shard tasks call it: a shard's texts in slices
+    of :data:`STOP_SLICE`, and once ``stop`` is set (a signal) the next slice raises
+    :class:`~embedfleet.errors.RunStoppedError`, so Ctrl-C waits for one slice, not a
+    whole shard (which is left uncommitted for a re-run). ``stats`` are the function's."""
+
+    def __init__(self, function: EmbeddingFunction, stop: threading.Event) -> None:
+        self.function = function
+        self.stop = stop
+
+    @property
+    def stats(self) -> Any:
+        return self.function.stats
+
+    def __call__(self, texts: list[str]) -> list[Any]:
+        vectors: list[Any] = []
+        for start in range(0, len(texts), STOP_SLICE):
+            if self.stop.is_set():
+                raise RunStoppedError("the run was asked to stop; this shard is not committed")
+            vectors.extend(self.function(texts[start : start + STOP_SLICE]))
+        return vectors

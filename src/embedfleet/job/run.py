@@ -41,6 +41,7 @@ from embedfleet.job.in_process import (
     IN_PROCESS_WINDOW,
     InProcessExecutor,
     LockedBudget,
+    StoppableFunction,
     choose_mode,
     configured_mode,
     where,
@@ -310,7 +311,7 @@ class Job:
         run.bar = ShardProgress(sum(shard.estimated_rows for shard in run.todo), run.progress)
         context = ShardContext(
             spec=self.spec,
-            fleet=fleet,
+            fleet=StoppableFunction(fleet, run.stop) if run.in_process else fleet,
             run_id=run.snapshot.run_id,
             metadata=run.metadata,
             function=self.function,
