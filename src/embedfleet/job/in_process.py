@@ -109,21 +109,6 @@ class InProcessExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class LockedBudget:
-    """The run's token budget in this process (:class:`~embedfleet.pricing.TokenBudget`
-    behind a lock), with the Ray actor's ``reserve`` spelled as a call."""
-
-    def __init__(self, limit: int | None) -> None:
-        from embedfleet.pricing import TokenBudget
-
-        self._budget = TokenBudget(limit)
-        self._lock = threading.Lock()
-
-    def reserve(self, tokens: int) -> bool:
-        with self._lock:
-            return self._budget.reserve(tokens)
-
-
 class StoppableFunction:
     """The job's function as in-process shard tasks call it: a shard's texts in slices
     of :data:`STOP_SLICE`, and once ``stop`` is set (a signal) the next slice raises

@@ -35,12 +35,12 @@ from embedfleet import pricing
 from embedfleet.embedding_functions import registry
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.job import incremental
+from embedfleet.job.budgets import LockedBudget, RayBudget
 from embedfleet.job.embed_rows import chunker_for
 from embedfleet.job.exact import count_exactly
 from embedfleet.job.in_process import (
     IN_PROCESS_WINDOW,
     InProcessExecutor,
-    LockedBudget,
     StoppableFunction,
     choose_mode,
     configured_mode,
@@ -302,12 +302,8 @@ class Job:
         assert fleet is not None
         run.startup.workers_ready()
         result.startup_seconds = time.perf_counter() - run.started
-        if run.in_process:
-            run.budget = LockedBudget(limit) if limit is not None else None
-        elif limit is not None:  # one ledger per run: shards reserve tokens in it
-            import ray
-
-            run.budget = ray.remote(num_cpus=0)(pricing.TokenBudget).remote(limit)
+        if limit is not None:  # one ledger per run: shards reserve tokens in it
+            run.budget = LockedBudget(limit) if run.in_process else RayBudget.start(limit)
         run.bar = ShardProgress(sum(shard.estimated_rows for shard in run.todo), run.progress)
         context = ShardContext(
             spec=self.spec,

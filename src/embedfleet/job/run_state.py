@@ -17,6 +17,7 @@ from typing import Any
 
 from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.job import incremental
+from embedfleet.job.budgets import LockedBudget, RayBudget
 from embedfleet.job.plan import JobPlan
 from embedfleet.job.progress import ShardProgress
 from embedfleet.job.result import JobResult, failure_kind
@@ -49,7 +50,7 @@ class RunState:
     fleet: EmbeddingFunction | None = None  # started when a shard is left to embed
     in_process: bool = False  # ``fleet`` is the job's own function, in this process
     executor: Executor | None = None  # where the shard tasks run
-    budget: Any = None  # the TokenBudget actor (in this process: a LockedBudget)
+    budget: LockedBudget | RayBudget | None = None  # the run's token budget, if limited
     base: incremental.BaseIndex | None = None  # incremental: the base snapshot's rows
     bar: ShardProgress | None = None
     pending: dict[Any, Shard] = field(default_factory=dict)  # shard tasks in flight
@@ -109,9 +110,7 @@ class RunState:
             self.executor.cancel(list(self.pending))
         if self.fleet is not None and not self.in_process:  # a Ray fleet
             self.fleet.shutdown()  # type: ignore[attr-defined]
-        if self.budget is not None and not self.in_process:  # the Ray actor
-            import ray
-
-            ray.kill(self.budget)
+        if self.budget is not None:
+            self.budget.close()
         if self.bar is not None:
             self.bar.close()

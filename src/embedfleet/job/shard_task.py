@@ -32,6 +32,7 @@ from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import BadRequestError, EmbedfleetError
 from embedfleet.job import incremental
 from embedfleet.job.billing import billed_tokens
+from embedfleet.job.budgets import LockedBudget, RayBudget
 from embedfleet.job.embed_rows import RowsToEmbed, chunker_for, document_counts, read_rows
 from embedfleet.job.records import BadRecord, add_kinds, count_kinds, rejects_table
 from embedfleet.job.sources import Shard
@@ -51,7 +52,7 @@ class ShardContext:
     run_id: str  # the snapshot the task commits into
     metadata: dict[str, Any]  # recorded with the vectors (the part's ``embedfleet`` key)
     function: EmbeddingFunction  # the job's own (not its fleet): counts billed tokens
-    budget: Any = None  # the run's TokenBudget actor (in process: a LockedBudget); None: none
+    budget: LockedBudget | RayBudget | None = None  # the run's token budget; None: none
     base: incremental.BaseIndex | None = None  # incremental: where unchanged rows live
 
 
@@ -85,7 +86,7 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
         matches = incremental.match(ids, [content_hash(text) for text in texts], base)
         to_embed = np.flatnonzero(matches.kinds == incremental.EMBED).tolist()
     shard_tokens = billed_tokens(context.function, [texts[i] for i in to_embed])
-    if context.budget is not None and to_embed and not _reserve(context.budget, shard_tokens):
+    if context.budget is not None and to_embed and not context.budget.reserve(shard_tokens):
         return OverBudget(shard.shard_id, shard_tokens)
     marker = ShardMarker(
         shard_id=shard.shard_id,
@@ -157,17 +158,6 @@ def embed_shard(shard: Shard, context: ShardContext) -> ShardMarker | OverBudget
     table = rejects_table(shard.relative_path, rejects, order) if rejects else None
     committed = snapshot.commit_shard(marker, part, table)
     return replace(committed, write_seconds=round(time.perf_counter() - embed_done, 3))
-
-
-def _reserve(budget: Any, tokens: int) -> bool:
-    """Take ``tokens`` from the run's budget: the Ray actor, or in this process a
-    :class:`~.in_process.LockedBudget`."""
-    reserve = budget.reserve
-    if hasattr(reserve, "remote"):
-        import ray
-
-        return bool(ray.get(reserve.remote(tokens)))
-    return bool(reserve(tokens))
 
 
 def embed_or_isolate(
