@@ -87,7 +87,9 @@ def libraries_quiet() -> Iterator[None]:
     bars = hub is not None and not hub.are_progress_bars_disabled()
     if bars:
         hub.disable_progress_bars()  # transformers reads it when it is imported
-    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS[:-1]}
+    levels = {  # embedfleet's own logger stays as the driver set it
+        name: logging.getLogger(name).level for name in LIBRARY_LOGGERS if name != "embedfleet"
+    }
     for name in levels:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

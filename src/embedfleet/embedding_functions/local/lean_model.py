@@ -21,13 +21,12 @@ else loads through sentence-transformers, as does every model with
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedfleet.embedding_functions.local.model_files import read_json
+from embedfleet.embedding_functions.local.model_files import read_json, read_modules
 
 if TYPE_CHECKING:
     from embedfleet.embedding_functions.local.lean_modules import LeanSentenceModel
@@ -98,18 +97,13 @@ def plain_layout(spec: Any) -> PlainLayout | None:
 
 def _module_kinds(folder: Path) -> list[tuple[str, str]] | None:
     """``(kind, path)`` per module in ``modules.json``, or None for any other module."""
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        kinds = []
-        for module in modules:
-            type_name = str(module["type"])
-            kind = _MODULE_KINDS.get(type_name.rpartition(".")[2])
-            if kind is None or not type_name.startswith("sentence_transformers."):
-                return None
-            kinds.append((kind, str(module.get("path", ""))))
-        return kinds
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    kinds = []
+    for type_name, path in read_modules(folder):
+        kind = _MODULE_KINDS.get(type_name.rpartition(".")[2])
+        if kind is None or not type_name.startswith("sentence_transformers."):
+            return None
+        kinds.append((kind, path))
+    return kinds or None
 
 
 def _plain_transformer(config: dict[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""Reading a model folder's small JSON files (configs), where absent or broken means empty."""
+"""Reading a model folder's small JSON files (configs, ``modules.json``), where absent or
+broken means empty."""
 
 from __future__ import annotations
 
@@ -14,3 +15,13 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_modules(folder: Path) -> list[tuple[str, str]]:
+    """``(type, path)`` of each module in ``folder``'s ``modules.json``, in order; [] where
+    the file is missing or not a list of modules."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        return [(str(module["type"]), str(module.get("path", ""))) for module in modules]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []

@@ -23,13 +23,12 @@ the model's own (:meth:`token_lengths`).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from embedfleet.embedding_functions.local.model_files import read_json
+from embedfleet.embedding_functions.local.model_files import read_json, read_modules
 from embedfleet.embedding_functions.local.models import ResolvedSource, hub_snapshot
 from embedfleet.embedding_functions.token_counter import TokenCounter
 
@@ -59,7 +58,8 @@ def read(function: LocalFunction) -> TokenCounter | None:
     folder = Path(source) if Path(source).is_dir() else hub_snapshot(source, function.revision)
     if folder is None:
         return None
-    module = folder / _transformer_path(folder)
+    modules = read_modules(folder)
+    module = folder / (modules[0][1] if modules else "")  # the Transformer, with the tokenizer
     tokenizer_file = module / "tokenizer.json"
     if not tokenizer_file.is_file():
         return None
@@ -74,15 +74,6 @@ def read(function: LocalFunction) -> TokenCounter | None:
         return [len(item.ids) for item in encoded]
 
     return TokenCounter.of(count, limit, f"{function.model_name}'s tokenizer")
-
-
-def _transformer_path(folder: Path) -> str:
-    """Where the first module (the Transformer, holding the tokenizer) lives."""
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        return str(modules[0].get("path", ""))
-    except (OSError, ValueError, IndexError, KeyError, AttributeError, TypeError):
-        return ""
 
 
 def _limit(module: Path) -> int | None:
