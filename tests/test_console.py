@@ -1,8 +1,9 @@
 """What a person sees when they run a job: `embedfleet run` in a real subprocess.
 
 One run of a small job on its own local Ray instance (2 replicas of a tiny model
-whose checkpoint lacks its pooler weights, so that transformers warns in every
-replica as it loads), read by the tests below: the console carries no Ray alarm,
+whose checkpoint lacks its pooler weights, loaded through sentence-transformers, so
+that transformers warns in every replica as it loads and progress bars are drawn),
+read by the tests below: the console carries no Ray alarm,
 no ANSI codes, no replica progress bars or worker lines, the replicas' warning
 once, and the summary last; the report says where start-up went.
 """
@@ -20,17 +21,21 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("sentence_transformers")
 
+from embedfleet.embedding_functions.local import lean_model
 from tests.tiny_models import build_tiny_sentence_transformer
 
 DOCS = 40
-# The CLI as `python -m embedfleet.cli`, noting afterwards whether the driver imported torch.
+# The CLI as `python -m embedfleet.cli`, noting afterwards whether the driver imported torch
+# and the settings its local Ray instance started with.
 RUN_CLI = """
-import runpy, sys
+import json, runpy, sys
 try:
     runpy.run_module("embedfleet.cli", run_name="__main__")
 finally:
-    with open(sys.argv[-1] + ".modules", "w") as handle:
-        handle.write("torch" if "torch" in sys.modules else "-")
+    node = getattr(sys.modules.get("ray._private.worker"), "_global_node", None)
+    settings = node._ray_params._system_config if node is not None else None
+    with open(sys.argv[-1] + ".driver", "w") as handle:
+        json.dump({"torch": "torch" in sys.modules, "ray_system_config": settings}, handle)
 """
 
 
@@ -63,6 +68,7 @@ def console_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     report = folder / "report.json"
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env[lean_model.FORCE_VARIABLE] = "1"  # the noisiest loader, not embedfleet's quiet one
     result = subprocess.run(
         [sys.executable, "-c", RUN_CLI, "run", str(spec), "--report", str(report)],
         capture_output=True,
@@ -75,7 +81,7 @@ def console_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "stdout": result.stdout,
         "stderr": result.stderr,
         "report": json.loads(report.read_text()),
-        "driver_imported": Path(f"{report}.modules").read_text(),
+        "driver": json.loads(Path(f"{report}.driver").read_text()),
     }
 
 
@@ -115,4 +121,10 @@ def test_the_report_says_where_start_up_went(console_run):
 
 def test_the_driver_never_imports_torch(console_run):
     """The model runs on the replicas: the driver has no use for torch's import time."""
-    assert console_run["driver_imported"] == "-"
+    assert console_run["driver"]["torch"] is False
+
+
+def test_the_local_ray_instance_starts_without_what_a_job_does_not_read(console_run):
+    """Metrics collection off: the raylet waits for the metrics agent otherwise."""
+    settings = console_run["driver"]["ray_system_config"]
+    assert settings is not None and settings["enable_metrics_collection"] is False

@@ -123,22 +123,25 @@ def test_a_set_max_seq_length_truncates_as_sentence_transformers_does(tiny_model
 
 @pytest.mark.real_model
 def test_the_default_model_embeds_without_importing_sentence_transformers(monkeypatch):
-    """In a fresh process (as a replica or an in-process job starts), with the same
-    vectors as the model loaded through sentence-transformers."""
+    """In a fresh process (as a replica or an in-process job starts), nor transformers'
+    BERT modeling code, with the same vectors as the model loaded through
+    sentence-transformers."""
     script = (
         "import sys, json\n"
         "from embedfleet.embedding_functions import DefaultEmbeddingFunction\n"
         "ef = DefaultEmbeddingFunction(precision='fp32')\n"
         f"vectors = ef({TEXTS!r})\n"
         "print(json.dumps(['sentence_transformers' in sys.modules, type(ef.model).__name__,"
-        " [v.tolist() for v in vectors]]))\n"
+        " [v.tolist() for v in vectors], 'transformers.models.bert.modeling_bert' in sys.modules,"
+        " type(ef.model[0].auto_model).__name__]))\n"
     )
     answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert answer.returncode == 0, answer.stderr
-    imported, kind, lean = json.loads(answer.stdout.strip().splitlines()[-1])
+    imported, kind, lean, modeling, encoder = json.loads(answer.stdout.strip().splitlines()[-1])
     assert (imported, kind) == (False, "LeanSentenceModel")
+    assert (modeling, encoder) == (False, "BertEncoder")  # nor transformers' BERT code
     monkeypatch.setenv(lean_model.FORCE_VARIABLE, "1")
     full = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    imported, kind, reference = json.loads(full.stdout.strip().splitlines()[-1])
+    imported, kind, reference, _, _ = json.loads(full.stdout.strip().splitlines()[-1])
     assert (imported, kind) == (True, "SentenceTransformer")
     np.testing.assert_array_equal(np.asarray(lean), np.asarray(reference))

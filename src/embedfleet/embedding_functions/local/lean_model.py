@@ -130,8 +130,11 @@ def _pooling_mode(config: dict[str, Any]) -> str | None:
 
 
 def load(layout: PlainLayout, device: str, dtype: Any) -> LeanSentenceModel:
-    """The model of ``layout`` on ``device`` in ``dtype`` (offline: local files only)."""
-    from transformers import AutoModel, AutoTokenizer
+    """The model of ``layout`` on ``device`` in ``dtype`` (offline: local files only): a
+    plain BERT runs on :mod:`.bert_encoder`, any other transformer on transformers'."""
+    from transformers import AutoTokenizer
+
+    from embedfleet.embedding_functions.local import bert_encoder
 
     folder = str(layout.folder)
     if layout.max_seq_length is not None:
@@ -140,7 +143,11 @@ def load(layout: PlainLayout, device: str, dtype: Any) -> LeanSentenceModel:
         )
     else:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    auto_model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    auto_model = bert_encoder.load(layout.folder, dtype)
+    if auto_model is None:
+        from transformers import AutoModel
+
+        auto_model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
     positions = getattr(auto_model.config, "max_position_embeddings", -1)
     if layout.max_seq_length is None and positions not in (None, -1):
         tokenizer.model_max_length = min(tokenizer.model_max_length, positions)

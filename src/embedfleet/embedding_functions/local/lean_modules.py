@@ -27,7 +27,7 @@ class Transformer(nn.Module):
 
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:
         inputs = {key: features[key] for key in _MODEL_INPUTS if key in features}
-        output = self.auto_model(**inputs, return_dict=True)
+        output = self.auto_model(**inputs)
         features["token_embeddings"] = output.last_hidden_state
         return features
 
