@@ -5,9 +5,7 @@ listens on the machine's address, not only on loopback), but Ray announces that
 default with a warning that reads like an alarm ("Token authentication is enabled
 for this Ray cluster ... Set RAY_AUTH_MODE=disabled"). For the instance embedfleet
 starts itself, that one notice is dropped at its source logger while ``ray.init``
-runs; every other warning, and the notice when a user starts Ray, is left alone. It
-also starts without metrics collection (:data:`LOCAL_SYSTEM_CONFIG`); a cluster a user
-started keeps its own settings.
+runs; every other warning, and the notice when a user starts Ray, is left alone.
 """
 
 from __future__ import annotations
@@ -21,12 +19,6 @@ from embedfleet.fleet.replica import require_ray
 #: The logger and the opening words of Ray's notice that token auth is on by default.
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
-
-
-#: Ray settings of the local instance embedfleet starts. Metrics collection off: nothing
-#: reads the metrics of an instance started without its dashboard, and the raylet waits
-#: about a second for the metrics agent before it takes work (docs/benchmarks.md).
-LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}
 
 
 class _DropAuthNotice(logging.Filter):
@@ -45,11 +37,8 @@ def ensure_ray(address: str | None = None) -> bool:
     quiet = _DropAuthNotice()
     if local:
         notice.addFilter(quiet)
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if local:
-        options["_system_config"] = LOCAL_SYSTEM_CONFIG
     try:
-        ray.init(address=address, **options)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     finally:
         notice.removeFilter(quiet)
     return True
