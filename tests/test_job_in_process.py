@@ -53,6 +53,10 @@ def make_spec(tmp_path: Path, source: Path, name: str, **fleet) -> JobSpec:
     )
 
 
+class ComputeFunction(HashEmbeddingFunction):
+    workload = "compute"  # as a local model: one batch at a time
+
+
 class ApiFunction(EmbeddingFunction):
     workload = "io"
     bills_per_token = True
@@ -70,7 +74,8 @@ class ApiFunction(EmbeddingFunction):
         ({"address": "ray://head:10001"}, "hash", 10, {}, "ray", "Ray cluster is configured"),
         ({}, "hash", 10, {"RAY_ADDRESS": "auto"}, "ray", "Ray cluster is configured"),
         ({"num_gpus": 1}, "hash", 10, {}, "ray", "asks for GPUs"),
-        ({}, "api", 10, {}, "ray", "an API provider"),
+        ({}, "api", 10, {}, "in_process", "a small job, about 10 rows"),
+        ({}, "api", IN_PROCESS_MAX_ROWS + 1, {}, "ray", "over 5,000"),
         ({}, "hash", 10**6, {MODE_VARIABLE: "in_process"}, "in_process", "$EMBEDFLEET"),
         ({"mode": "ray"}, "hash", 10, {MODE_VARIABLE: "in_process"}, "ray", "[fleet] mode"),
         ({"mode": "in_process"}, "hash", 10**6, {}, "in_process", "[fleet] mode"),
@@ -208,7 +213,7 @@ def test_a_signal_ends_the_shard_in_hand_between_slices_uncommitted(tmp_path, mo
     from embedfleet.job import in_process
     from embedfleet.job.run_control import StopOnSignal
 
-    monkeypatch.setattr(in_process, "STOP_SLICE", 8)
+    monkeypatch.setattr(in_process, "stop_slice", lambda function: 8)
     calls: list[int] = []
     embed_batch = HashEmbeddingFunction.embed_batch
     handled = threading.Event()
@@ -238,3 +243,51 @@ def test_a_signal_ends_the_shard_in_hand_between_slices_uncommitted(tmp_path, mo
     monkeypatch.setattr(HashEmbeddingFunction, "embed_batch", embed_batch)
     again = Job(spec).run(progress=False)
     assert again.complete and (again.resumed, again.embedded) == (0, 40)
+
+
+def test_slices_never_cut_what_one_call_sends_at_once():
+    """A local model in slices of STOP_SLICE texts; an API provider in slices of what it
+    keeps in flight (batch_size x max_concurrency), so no request carries fewer texts."""
+    from embedfleet.embedding_functions import OpenAIEmbeddingFunction
+    from embedfleet.job.in_process import STOP_SLICE, stop_slice
+
+    assert stop_slice(ComputeFunction(dimension=8, batch_size=16)) == STOP_SLICE
+    api = OpenAIEmbeddingFunction(
+        api_key="sk-fake", batch_size=100, max_concurrency=4, api_base="http://127.0.0.1:9"
+    )
+    assert stop_slice(api) == 400
+
+
+@pytest.mark.usefixtures("default_mode")
+def test_a_small_api_job_embeds_here_in_whole_requests(tmp_path, monkeypatch):
+    """No Ray for a few hundred rows to send: the function's own requests, paced by this
+    process's ledger, none cut smaller by the stop slices (300 rows in batches of 100:
+    three requests, not 100 + 100 + 56 + 44)."""
+    from tests.fakes import openai_api
+    from tests.fakes.server import FakeServer
+
+    server = FakeServer(openai_api.answer, api_key="sk-fake-in-process")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-in-process")
+    source = write_source(tmp_path / "docs.jsonl", 300)
+    config = {"model_name": "text-embedding-3-small", "api_base": f"{server.url}/v1"}
+    config.update(batch_size=100, max_concurrency=4, max_requests_per_minute=6000)
+    spec = JobSpec.from_dict(
+        {
+            "source": {"uri": str(source), "id_column": "id"},
+            "embedding": {"provider": "openai", "config": config},
+            "output": {"uri": str(tmp_path / "out"), "rows_per_shard": 300},
+        }
+    )
+    try:
+        result = Job(spec).run(progress=False)
+    finally:
+        server.stop()
+    assert result.complete and result.embedded == 300 and result.quota is not None
+    assert result.embedded_in.startswith("this process (a small job, about 300 rows")
+    assert "ray_init" not in result.startup_phases
+    assert sorted(len(request.body["input"]) for request in server.requests) == [100] * 3
+    table = embedfleet.read(str(tmp_path / "out")).to_table()
+    texts = {row["id"]: row["text"] for row in map(json.loads, source.read_text().splitlines())}
+    ids = table["id"].to_pylist()
+    expected = openai_api.expected_vectors([texts[key] for key in ids])
+    np.testing.assert_allclose(table["embedding"].to_pylist(), expected, rtol=1e-6)

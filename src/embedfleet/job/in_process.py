@@ -14,9 +14,11 @@ chooses where shards embed:
   is the same snapshot, vectors and manifest;
 * ``"auto"`` (the default, when the key is unset): ``$EMBEDFLEET_FLEET_MODE`` where
   set, else ``in_process`` when the run has at most :data:`IN_PROCESS_MAX_ROWS` rows
-  to embed and nothing asks for Ray: no ``address`` (or ``RAY_ADDRESS``), no GPUs,
-  and not an API provider (its fleet's replicas send requests at once, under one
-  quota).
+  to embed and nothing asks for Ray: no ``address`` (or ``RAY_ADDRESS``) and no GPUs.
+  An API provider embeds here too (a nightly re-run with a few changed rows, a
+  notebook's sample): its function keeps ``max_concurrency`` requests in flight itself,
+  paced by this process's ledger of its quota, which is the whole quota when one
+  process sends.
 
 What a run chose, and why, is in its summary (``embedded in``).
 """
@@ -38,7 +40,7 @@ from embedfleet.job.spec import FLEET_MODES, FleetSpec
 IN_PROCESS_MAX_ROWS = 5_000
 #: Shard tasks in flight: one embedding, the next queued behind it.
 IN_PROCESS_WINDOW = 2
-#: Texts per call of the function: a stop (a signal) ends a shard between two calls.
+#: Texts per call of a local model: a stop (a signal) ends a shard between two calls.
 STOP_SLICE = 256
 #: Overrides ``auto`` for specs that leave ``[fleet] mode`` unset (cron, CI).
 MODE_VARIABLE = "EMBEDFLEET_FLEET_MODE"
@@ -65,8 +67,6 @@ def choose_mode(fleet: FleetSpec, function: EmbeddingFunction, rows: int) -> tup
         return "ray", "a Ray cluster is configured"
     if fleet.num_gpus:
         return "ray", "the fleet asks for GPUs"
-    if function.bills_per_token:
-        return "ray", "an API provider: its replicas send requests at once, under one quota"
     if rows > IN_PROCESS_MAX_ROWS:
         return "ray", f"about {rows:,} rows to embed, over {IN_PROCESS_MAX_ROWS:,}"
     return "in_process", (
@@ -109,15 +109,23 @@ class InProcessExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def stop_slice(function: EmbeddingFunction) -> int:
+    """Texts per call of ``function`` between two looks at the stop: :data:`STOP_SLICE`,
+    or what one call sends at once where that is more (an API provider's
+    ``batch_size x max_concurrency``), so slices never cut its batches smaller."""
+    return max(STOP_SLICE, function.batch_size * function.concurrent_batches())
+
+
 class StoppableFunction:
     """The job's function as in-process shard tasks call it: a shard's texts in slices
-    of :data:`STOP_SLICE`, and once ``stop`` is set (a signal) the next slice raises
+    of :func:`stop_slice`, and once ``stop`` is set (a signal) the next slice raises
     :class:`~embedfleet.errors.RunStoppedError`, so Ctrl-C waits for one slice, not a
     whole shard (which is left uncommitted for a re-run). ``stats`` are the function's."""
 
     def __init__(self, function: EmbeddingFunction, stop: threading.Event) -> None:
         self.function = function
         self.stop = stop
+        self.slice = stop_slice(function)
 
     @property
     def stats(self) -> Any:
@@ -125,8 +133,8 @@ class StoppableFunction:
 
     def __call__(self, texts: list[str]) -> list[Any]:
         vectors: list[Any] = []
-        for start in range(0, len(texts), STOP_SLICE):
+        for start in range(0, len(texts), self.slice):
             if self.stop.is_set():
                 raise RunStoppedError("the run was asked to stop; this shard is not committed")
-            vectors.extend(self.function(texts[start : start + STOP_SLICE]))
+            vectors.extend(self.function(texts[start : start + self.slice]))
         return vectors
