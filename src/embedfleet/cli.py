@@ -87,8 +87,10 @@ def _run(arguments: argparse.Namespace) -> int:
     job = _load_job(arguments)
     command = timings.process_age()  # interpreter start, imports, the spec: before run()
     result = job.run(progress=not arguments.quiet)
-    if command is not None:
+    if command is not None:  # the user waited from the command's start: in the totals too
         result.startup_phases = {"command": command, **result.startup_phases}
+        result.startup_seconds += command
+        result.seconds += command
     summary = result.to_dict()
     if arguments.report:
         with fsspec.open(arguments.report, "w", encoding="utf-8") as handle:

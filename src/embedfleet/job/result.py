@@ -87,7 +87,7 @@ class JobResult:
     token_limit: int | None = None  # this run's budget in tokens; None: no limit
     budget_stopped: bool = False  # stopped before a shard that would have gone over it
     shards_remaining: int = 0  # planned shards without a commit: a re-run resumes them
-    seconds: float = 0.0
+    seconds: float = 0.0  # the run's; the CLI adds its command phase to both
     startup_seconds: float = 0.0  # lock, plan, Ray and fleet start (models loaded)
     #: where start-up went, in seconds: lock, plan, ray_init, fleet (with the slowest
     #: replica's fleet.replica / fleet.imports / fleet.model_load / fleet.precision_guard),
