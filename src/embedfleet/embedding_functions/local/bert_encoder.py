@@ -8,7 +8,8 @@ encoder's last hidden state. This module computes what ``transformers.BertModel`
 computes for it, with the same parameter names, the same operations in the same order
 and the same attention call (``scaled_dot_product_attention`` with a boolean padding
 mask only where a batch has padding; the eager matmul-softmax form for ONNX export), so
-the vectors are bitwise transformers' own (``tests/test_bert_encoder.py``).
+the vectors are bitwise transformers' own (``tests/test_bert_encoder.py`` checks it against
+the installed transformers, 5.x here).
 
 :func:`load` takes a model folder whose ``config.json`` is a plain BERT encoder
 (absolute positions, GELU, no decoder parts) with its weights in one
