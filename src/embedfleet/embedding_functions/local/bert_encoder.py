@@ -96,8 +96,8 @@ def load(folder: Path, dtype: torch.dtype) -> BertEncoder | None:
         for name, tensor in load_file(str(weights_file)).items()
         if not name.startswith(_IGNORED_PREFIXES)
     }
-    # Built on the CPU: on the meta device, initialisation imports torch._dynamo (3 s).
-    encoder = BertEncoder(config)
+    with torch.device("meta"):  # no random initial weights: every parameter is loaded
+        encoder = BertEncoder(config)
     expected = {name: parameter.shape for name, parameter in encoder.named_parameters()}
     if {name: tensor.shape for name, tensor in weights.items()} != expected:
         return None  # other names (an old or prefixed checkpoint) or shapes: transformers
@@ -110,12 +110,18 @@ class EncoderOutput:
     last_hidden_state: torch.Tensor
 
 
+def _embedding(rows: int, width: int) -> nn.Embedding:
+    """An embedding table left uninitialised (its weights are loaded): ``nn.Embedding``'s
+    own initialisation on the meta device imports torch._dynamo, 3 s."""
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.word_embeddings = _embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = _embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = _embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
