@@ -103,6 +103,7 @@ def edit_weights(folder: Path, edit) -> None:
         lambda f: edit_config(f, is_decoder=True),
         lambda f: edit_config(f, model_type="roberta"),
         lambda f: edit_config(f, chunk_size_feed_forward=4),
+        lambda f: edit_config(f, attn_implementation="eager"),
         lambda f: edit_weights(f, lambda w: {f"bert.{k}": v for k, v in w.items()}),
         lambda f: edit_weights(
             f, lambda w: {**w, "encoder.layer.9.extra": w["pooler.dense.bias"].clone()}
@@ -120,6 +121,7 @@ def edit_weights(folder: Path, edit) -> None:
         "decoder",
         "other-architecture",
         "chunked-feed-forward",
+        "other-attention",
         "prefixed-names",
         "unknown-weight",
         "missing-weight",

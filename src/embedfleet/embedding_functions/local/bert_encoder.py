@@ -49,6 +49,8 @@ _PLAIN_VALUES: dict[str, tuple[Any, ...]] = {
     "add_cross_attention": (None, False),
     "chunk_size_feed_forward": (None, 0),
     "quantization_config": (None,),
+    "attn_implementation": (None, "sdpa"),  # a config asking for another kernel
+    "_attn_implementation": (None, "sdpa"),
 }
 
 
