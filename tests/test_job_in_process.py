@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import embedfleet
-from embedfleet.embedding_functions.base import EmbeddingFunction
 from embedfleet.errors import ConfigError
 from embedfleet.fleet.worker_output import libraries_quiet
 from embedfleet.job import Job, JobSpec
@@ -57,37 +56,29 @@ class ComputeFunction(HashEmbeddingFunction):
     workload = "compute"  # as a local model: one batch at a time
 
 
-class ApiFunction(EmbeddingFunction):
-    workload = "io"
-    bills_per_token = True
-
-    def embed_batch(self, texts, *, query=False):  # never called
-        raise AssertionError
-
-
 @pytest.mark.usefixtures("default_mode")
 @pytest.mark.parametrize(
-    ("fleet", "function", "rows", "environment", "expected", "reason"),
+    ("fleet", "rows", "environment", "expected", "reason"),
     [
-        ({}, "hash", 240, {}, "in_process", "a small job, about 240 rows"),
-        ({}, "hash", IN_PROCESS_MAX_ROWS + 1, {}, "ray", "over 5,000"),
-        ({"address": "ray://head:10001"}, "hash", 10, {}, "ray", "Ray cluster is configured"),
-        ({}, "hash", 10, {"RAY_ADDRESS": "auto"}, "ray", "Ray cluster is configured"),
-        ({"num_gpus": 1}, "hash", 10, {}, "ray", "asks for GPUs"),
-        ({}, "api", 10, {}, "in_process", "a small job, about 10 rows"),
-        ({}, "api", IN_PROCESS_MAX_ROWS + 1, {}, "ray", "over 5,000"),
-        ({}, "hash", 10**6, {MODE_VARIABLE: "in_process"}, "in_process", "$EMBEDFLEET"),
-        ({"mode": "ray"}, "hash", 10, {MODE_VARIABLE: "in_process"}, "ray", "[fleet] mode"),
-        ({"mode": "in_process"}, "hash", 10**6, {}, "in_process", "[fleet] mode"),
+        ({}, 240, {}, "in_process", "a small job, about 240 rows"),
+        ({}, 10, {}, "in_process", "a small job, about 10 rows"),  # API providers too
+        ({}, IN_PROCESS_MAX_ROWS + 1, {}, "ray", "over 5,000"),
+        ({"address": "ray://head:10001"}, 10, {}, "ray", "Ray cluster is configured"),
+        ({}, 10, {"RAY_ADDRESS": "auto"}, "ray", "Ray cluster is configured"),
+        ({"num_gpus": 1}, 10, {}, "ray", "asks for GPUs"),
+        ({}, 10**6, {MODE_VARIABLE: "in_process"}, "in_process", "$EMBEDFLEET"),
+        ({"mode": "ray"}, 10, {MODE_VARIABLE: "in_process"}, "ray", "[fleet] mode"),
+        ({"mode": "in_process"}, 10**6, {}, "in_process", "[fleet] mode"),
     ],
 )
 def test_auto_embeds_small_jobs_here_unless_something_asks_for_ray(
-    monkeypatch, fleet, function, rows, environment, expected, reason
+    monkeypatch, fleet, rows, environment, expected, reason
 ):
+    """Where a run embeds depends on the fleet and the rows, not on the provider: a small
+    API job embeds here too (tests below)."""
     for variable, value in environment.items():
         monkeypatch.setenv(variable, value)
-    ef = HashEmbeddingFunction(dimension=8) if function == "hash" else ApiFunction()
-    mode, why = choose_mode(FleetSpec(**fleet), ef, rows)
+    mode, why = choose_mode(FleetSpec(**fleet), rows)
     assert mode == expected and reason in why
 
 
@@ -96,7 +87,7 @@ def test_a_wrong_mode_is_a_config_error_naming_where_it_came_from(monkeypatch, t
         make_spec(tmp_path, write_source(tmp_path / "d.jsonl", 1), "out", mode="in-process")
     monkeypatch.setenv(MODE_VARIABLE, "local")
     with pytest.raises(ConfigError, match=f"{MODE_VARIABLE} must be one of"):
-        choose_mode(FleetSpec(), HashEmbeddingFunction(dimension=8), 10)
+        choose_mode(FleetSpec(), 10)
 
 
 @pytest.mark.usefixtures("default_mode", "local_ray")

@@ -141,7 +141,7 @@ def _embeds_in(job: Job, plan: JobPlan) -> str:
     if plan.up_to_date or not plan.shards:
         return "nothing to embed"
     left = plan.estimated_rows * (len(plan.shards) - plan.committed) // len(plan.shards)
-    mode, reason = choose_mode(job.spec.fleet, job.function, left)
+    mode, reason = choose_mode(job.spec.fleet, left)
     return where(mode, reason, job.spec.fleet)
 
 

@@ -57,7 +57,7 @@ def configured_mode(fleet: FleetSpec) -> tuple[str, str]:
     return fleet.mode or "auto", "[fleet] mode"
 
 
-def choose_mode(fleet: FleetSpec, function: EmbeddingFunction, rows: int) -> tuple[str, str]:
+def choose_mode(fleet: FleetSpec, rows: int) -> tuple[str, str]:
     """Where this run's shards embed, ``"ray"`` or ``"in_process"``, and why (for the
     summary); ``rows`` is the estimated rows left to embed."""
     mode, source = configured_mode(fleet)

@@ -228,7 +228,7 @@ class Job:
         CPU to spare) or after."""
         fleet_spec, startup = self.spec.fleet, run.startup
         rows = sum(shard.estimated_rows for shard in run.todo)
-        mode, reason = choose_mode(fleet_spec, self.function, rows)
+        mode, reason = choose_mode(fleet_spec, rows)
         run.result.embedded_in = where(mode, reason, fleet_spec)
         if mode == "in_process":
             run.in_process = True
