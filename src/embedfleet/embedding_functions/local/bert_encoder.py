@@ -166,7 +166,11 @@ class BertSelfAttention(nn.Module):
         return output.reshape(*hidden.shape[:-1], -1).contiguous()
 
 
-class BertSelfOutput(nn.Module):
+class BertOutput(nn.Module):
+    """A dense layer from ``width`` back to the hidden size, then LayerNorm over the sum
+    with the residual: the attention's output and the layer's (transformers'
+    ``BertSelfOutput`` and ``BertOutput``, the same computation)."""
+
     def __init__(self, config: BertConfig, width: int) -> None:
         super().__init__()
         self.dense = nn.Linear(width, config.hidden_size)
@@ -180,7 +184,7 @@ class BertAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config, config.hidden_size)
+        self.output = BertOutput(config, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(hidden, mask), hidden)
@@ -200,7 +204,7 @@ class BertLayer(nn.Module):
         super().__init__()
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
-        self.output = BertSelfOutput(config, config.intermediate_size)
+        self.output = BertOutput(config, config.intermediate_size)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         attended = self.attention(hidden, mask)
