@@ -123,8 +123,8 @@ def test_a_set_max_seq_length_truncates_as_sentence_transformers_does(tiny_model
 
 @pytest.mark.real_model
 def test_the_default_model_embeds_without_importing_sentence_transformers(monkeypatch):
-    """In a fresh process (as a replica or an in-process job starts), nor transformers'
-    BERT modeling code, with the same vectors as the model loaded through
+    """Nor transformers' BERT modeling code, in a fresh process (as a replica or an
+    in-process job starts), with the same vectors as the model loaded through
     sentence-transformers."""
     script = (
         "import sys, json\n"
